@@ -1,0 +1,3 @@
+"""HunyuanVideo inference, rebuilt: loads the official checkpoints unchanged."""
+
+__version__ = "0.1.0"

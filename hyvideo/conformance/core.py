@@ -1,0 +1,182 @@
+"""Conformance cases: reading them, comparing outputs, and the table of kinds.
+
+A case is a folder with ``case.json`` (see ``FORMAT.md`` of the conformance data). Each kind has
+a runner ``run(case) -> dict[name, tensor]`` that computes the case's outputs with the project's
+own loaders and modules. The comparison is the same for every kind: the worst elementwise ratio
+``|got - expected| / (atol + rtol*|expected|)``; a case passes when that ratio is <= 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# kind -> "module:function". Modules are imported only when a case of that kind is run, so one
+# kind's missing dependency never stops the others.
+RUNNERS: dict[str, str] = {
+    "dit": "hyvideo.conformance.dit_kinds:run_dit",
+    "fp8": "hyvideo.conformance.dit_kinds:run_fp8",
+    "rope": "hyvideo.conformance.dit_kinds:run_rope",
+    "scheduler": "hyvideo.conformance.dit_kinds:run_scheduler",
+    "sampling": "hyvideo.conformance.dit_kinds:run_sampling",
+    "vae": "hyvideo.conformance.vae_kinds:run_vae",
+    "text_encoder_llm": "hyvideo.conformance.text_kinds:run_text_encoder_llm",
+    "text_encoder_clip": "hyvideo.conformance.text_kinds:run_text_encoder_clip",
+    "prompt_template": "hyvideo.conformance.text_kinds:run_prompt_template",
+}
+
+# manifest file name prefix -> "module:function" returning a list of problems (empty = pass).
+MANIFEST_CHECKERS: dict[str, str] = {
+    "dit_": "hyvideo.conformance.dit_kinds:check_dit_manifest",
+    "vae_": "hyvideo.conformance.vae_kinds:check_vae_manifest",
+    "text_encoder_": "hyvideo.conformance.text_kinds:check_text_encoder_manifest",
+}
+
+
+@dataclass
+class Case:
+    """One case folder; tensors are read on first use."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Case:
+        path = Path(path)
+        return cls(path, json.loads((path / "case.json").read_text()))
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta.get("config", {})
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.meta.get("settings", {})
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.meta.get("outputs", []))
+
+    @cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        file = self.path / "tensors.safetensors"
+        return load_file(str(file)) if file.exists() else {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+
+def worst_ratio(got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> float:
+    """max |got - expected| / (atol + rtol*|expected|); inf on a shape mismatch or non-finite."""
+    if tuple(got.shape) != tuple(expected.shape):
+        return math.inf
+    if not expected.is_floating_point() and not got.is_floating_point():
+        if atol == 0 and rtol == 0:
+            return 0.0 if torch.equal(got.long(), expected.long()) else math.inf
+    got64 = got.detach().to(torch.float64).cpu()
+    exp64 = expected.detach().to(torch.float64).cpu()
+    if got64.numel() == 0:
+        return 0.0
+    diff = (got64 - exp64).abs()
+    denom = atol + rtol * exp64.abs()
+    if atol == 0 and rtol == 0:
+        return 0.0 if bool((diff == 0).all()) else math.inf
+    ratio = torch.where(torch.isfinite(diff), diff / denom, torch.full_like(diff, math.inf))
+    return float(ratio.max())
+
+
+@dataclass
+class Result:
+    kind: str
+    name: str
+    worst: float
+    detail: str = ""
+    per_output: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.worst <= 1.0 and not self.detail.startswith("error")
+
+    def line(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        text = f"{status} {self.kind} {self.name} worst={self.worst:.4g}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+def _resolve(spec: str):
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def run_case(case: Case) -> Result:
+    """Run one case through its kind's runner and compare every listed output."""
+    spec = RUNNERS.get(case.kind)
+    if spec is None:
+        return Result(case.kind, case.name, math.inf, "error: kind not implemented")
+    try:
+        got = _resolve(spec)(case)
+    except Exception as exc:  # a runner failure is a FAIL line, not a crash of the whole run
+        return Result(case.kind, case.name, math.inf, f"error: {type(exc).__name__}: {exc}")
+    tol = case.meta.get("tolerance", {})
+    atol, rtol = float(tol.get("atol", 0)), float(tol.get("rtol", 0))
+    per: dict[str, float] = {}
+    for name in case.outputs:
+        per[name] = math.inf if name not in got else worst_ratio(got[name], case[name], atol, rtol)
+    worst = max(per.values(), default=math.inf)
+    bad = [n for n, w in per.items() if not w <= 1.0]
+    detail = f"worst outputs: {', '.join(bad[:4])}" if bad else ""
+    return Result(case.kind, case.name, worst, detail, per)
+
+
+def run_manifest(path: Path) -> Result:
+    """Check a full-size model built on the meta device against a manifest."""
+    meta = json.loads(path.read_text())
+    name = path.stem
+    spec = next((v for k, v in MANIFEST_CHECKERS.items() if name.startswith(k)), None)
+    if spec is None:
+        return Result("manifest", name, math.inf, "error: no checker for this manifest")
+    try:
+        problems = _resolve(spec)(meta)
+    except Exception as exc:
+        return Result("manifest", name, math.inf, f"error: {type(exc).__name__}: {exc}")
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        return Result("manifest", name, math.inf, "; ".join(problems[:3]) + more)
+    return Result("manifest", name, 0.0)
+
+
+def discover(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """Every case folder (with ``case.json``) and manifest (``manifests/*.json``) under paths."""
+    cases: set[Path] = set()
+    manifests: set[Path] = set()
+    for root in map(Path, paths):
+        if root.is_file() and root.name == "case.json":
+            cases.add(root.parent.resolve())
+        elif root.is_file() and root.suffix == ".json" and root.parent.name == "manifests":
+            manifests.add(root.resolve())
+        elif root.is_dir():
+            cases.update(p.parent.resolve() for p in root.rglob("case.json"))
+            manifests.update(
+                p.resolve() for p in root.rglob("*.json") if p.parent.name == "manifests"
+            )
+    return sorted(cases), sorted(manifests)

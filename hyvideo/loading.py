@@ -1,0 +1,145 @@
+"""Safe, strict checkpoint reading shared by every component.
+
+The pattern is gpt-fast's: build the module on the meta device, read the file with mmap and
+``weights_only=True`` (a pickle can never execute code), then assign the tensors strictly. Any
+mismatch raises :class:`CheckpointError` naming the missing keys, unexpected keys and shape
+mismatches, with counts, so a wrong file is diagnosed from the message alone.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "read_checkpoint",
+    "read_state_dict",
+    "check_state_dict",
+    "assign_state_dict",
+]
+
+_SHOW = 5  # how many keys of each kind of mismatch the error message lists
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, unsafe, or does not match the model."""
+
+
+def read_checkpoint(path: str | Path) -> object:
+    """Read a ``.pt``/``.pth``/``.bin`` or ``.safetensors`` file without executing any code.
+
+    ``.pt`` files are opened with ``weights_only=True`` and memory-mapped when they are in the
+    zip format ``torch.save`` writes; safetensors files are read lazily by ``safetensors``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from exc
+    try:
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as exc:
+            # Legacy (non-zip) torch.save files cannot be memory-mapped; read them normally.
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint "
+            f"(weights_only=True rejected it: {first})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def read_state_dict(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Read a checkpoint and unwrap the first container key of ``keys`` that it has.
+
+    Official DiT files are ``{"module": state_dict}`` (or ``"ema"``); a flat state dict is
+    returned as it is.
+    """
+    obj = read_checkpoint(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    for key in keys:
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    else:
+        if keys and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(
+                f"{path} has none of the container keys {list(keys)} "
+                f"(top-level keys: {sorted(obj)[:_SHOW]})"
+            )
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:_SHOW]}")
+    return dict(obj)
+
+
+def _listing(title: str, items: list[str]) -> str:
+    more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+    return f"{len(items)} {title}: {', '.join(items[:_SHOW])}{more}"
+
+
+def check_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint"
+) -> None:
+    """Raise :class:`CheckpointError` unless keys and shapes equal the model's exactly."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            _listing(t, items)
+            for t, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches (file != model)", shapes),
+            )
+            if items
+        ]
+        raise CheckpointError(
+            f"{source} does not match {type(model).__name__}: " + "; ".join(parts)
+            + ". Check that the file is the official one for this model variant."
+        )
+
+
+def assign_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    device: torch.device | str | None = None,
+    dtype_for: Callable[[str, torch.Tensor], torch.dtype | None] | None = None,
+    source: str = "checkpoint",
+) -> nn.Module:
+    """Check, cast and assign ``state_dict`` into a (meta-built) ``model`` strictly.
+
+    ``dtype_for(key, tensor)`` gives the dtype each tensor should have on the model (``None``
+    keeps the file's dtype); by default each tensor takes the dtype the model was built with.
+    """
+    check_state_dict(model, state_dict, source=source)
+    built = model.state_dict()
+    ready = {}
+    for key, tensor in state_dict.items():
+        dtype = dtype_for(key, tensor) if dtype_for is not None else built[key].dtype
+        ready[key] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+    model.load_state_dict(ready, strict=True, assign=True)
+    return model
