@@ -1,0 +1,103 @@
+"""Dual-stream (``double_blocks``) and single-stream (``single_blocks``) transformer blocks.
+
+Both share the same small pieces (modulate, gate, qkv split + RMS norm + RoPE, one attention
+entry point) while keeping the flat official attribute names.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hyvideo.dit.attention import AttentionGroups, attention
+from hyvideo.dit.layers import MLP, Modulation, RMSNorm, activation, gated, layer_norm, modulate
+from hyvideo.dit.rope import apply_rope
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [N_img, head_dim]
+
+
+def qk_norm(heads: int, head_dim: int, enabled: bool, device, dtype) -> nn.Module:
+    return RMSNorm(head_dim, eps=1e-6, device=device, dtype=dtype) if enabled else nn.Identity()
+
+
+def split_heads(qkv: torch.Tensor, heads: int, q_norm: nn.Module, k_norm: nn.Module,
+                rope: Rope | None, n_rope: int | None = None):
+    """[B, S, 3*H*D] ("(K H D)" layout) -> normalised q, k and v, each [B, S, H, D].
+
+    RoPE is applied to the first ``n_rope`` tokens (all tokens when None).
+    """
+    q, k, v = qkv.unflatten(-1, (3, heads, -1)).unbind(2)
+    q, k = q_norm(q).to(v.dtype), k_norm(k).to(v.dtype)
+    if rope is not None:
+        if n_rope is None or n_rope == q.shape[1]:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        else:
+            q = torch.cat([apply_rope(q[:, :n_rope], *rope), q[:, n_rope:]], dim=1)
+            k = torch.cat([apply_rope(k[:, :n_rope], *rope), k[:, n_rope:]], dim=1)
+    return q, k, v
+
+
+class MMDoubleStreamBlock(nn.Module):
+    """Image and text streams with their own weights, joined only in attention."""
+
+    def __init__(self, hidden: int, heads: int, mlp_hidden: int, qkv_bias: bool, qk_norm_on: bool,
+                 device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        head_dim = hidden // heads
+        self.heads = heads
+        for s in ("img", "txt"):  # registers img_mod, img_attn_qkv, ..., txt_mlp (official names)
+            setattr(self, f"{s}_mod", Modulation(hidden, 2, **kw))
+            setattr(self, f"{s}_attn_qkv", nn.Linear(hidden, 3 * hidden, bias=qkv_bias, **kw))
+            setattr(self, f"{s}_attn_q_norm", qk_norm(heads, head_dim, qk_norm_on, **kw))
+            setattr(self, f"{s}_attn_k_norm", qk_norm(heads, head_dim, qk_norm_on, **kw))
+            setattr(self, f"{s}_attn_proj", nn.Linear(hidden, hidden, **kw))
+            setattr(self, f"{s}_mlp", MLP(hidden, mlp_hidden, "gelu_tanh", **kw))
+
+    def _qkv(self, s: str, x: torch.Tensor, mod, rope: Rope | None):
+        qkv = getattr(self, f"{s}_attn_qkv")(modulate(layer_norm(x), mod.shift, mod.scale))
+        return split_heads(qkv, self.heads, getattr(self, f"{s}_attn_q_norm"),
+                           getattr(self, f"{s}_attn_k_norm"), rope)
+
+    def _finish(self, s: str, x: torch.Tensor, attn: torch.Tensor, mods) -> torch.Tensor:
+        x = gated(x, getattr(self, f"{s}_attn_proj")(attn), mods[0].gate)
+        h = modulate(layer_norm(x), mods[1].shift, mods[1].scale)
+        return gated(x, getattr(self, f"{s}_mlp")(h), mods[1].gate)
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope: Rope | None,
+                groups: AttentionGroups, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """img [B, N, C], txt [B, L, C], vec [B, C] -> updated (img, txt)."""
+        img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
+        iq, ik, iv = self._qkv("img", img, img_mods[0], rope)  # RoPE on image tokens only
+        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], None)
+        attn = attention(torch.cat([iq, tq], 1), torch.cat([ik, tk], 1), torch.cat([iv, tv], 1),
+                         groups, backend=backend)  # [B, N+L, C]
+        n = img.shape[1]
+        return (self._finish("img", img, attn[:, :n], img_mods),
+                self._finish("txt", txt, attn[:, n:], txt_mods))
+
+
+class MMSingleStreamBlock(nn.Module):
+    """One stream over cat(img, txt): linear1 -> [qkv | mlp], linear2(cat(attn, act(mlp)))."""
+
+    def __init__(self, hidden: int, heads: int, mlp_hidden: int, qk_norm_on: bool,
+                 device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.heads, self.hidden, self.mlp_hidden = heads, hidden, mlp_hidden
+        self.linear1 = nn.Linear(hidden, 3 * hidden + mlp_hidden, **kw)
+        self.linear2 = nn.Linear(hidden + mlp_hidden, hidden, **kw)
+        self.q_norm = qk_norm(heads, hidden // heads, qk_norm_on, **kw)
+        self.k_norm = qk_norm(heads, hidden // heads, qk_norm_on, **kw)
+        self.modulation = Modulation(hidden, 1, **kw)
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, n_img: int, rope: Rope | None,
+                groups: AttentionGroups, backend: str) -> torch.Tensor:
+        """x [B, N+L, C] (image tokens first) -> [B, N+L, C]."""
+        (mod,) = self.modulation(vec)
+        h = self.linear1(modulate(layer_norm(x), mod.shift, mod.scale))
+        qkv, mlp = h.split([3 * self.hidden, self.mlp_hidden], dim=-1)
+        q, k, v = split_heads(qkv, self.heads, self.q_norm, self.k_norm, rope, n_img)
+        attn = attention(q, k, v, groups, backend=backend)  # [B, N+L, C]
+        out = self.linear2(torch.cat([attn, activation(mlp, "gelu_tanh")], dim=-1))
+        return gated(x, out, mod.gate)

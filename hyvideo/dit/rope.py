@@ -1,0 +1,43 @@
+"""3-D rotary position embedding, computed from the latent grid.
+
+For each axis ``a`` (t, h, w) with rotary dim ``d_a`` and integer position ``p``:
+``f_j = theta^(-2j/d_a)``, ``angle = p * f_j``; each angle fills two adjacent columns
+(interleaved pairs) and the axis blocks are concatenated t | h | w. Token ``n`` of the
+t-major grid is ``(t*H' + h)*W' + w``. Everything is float32, as in the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _axis_angles(positions: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
+    # Same op order as the reference so the float32 tables match bit for bit in practice.
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32)[: dim // 2] / dim))
+    return torch.outer(positions, freqs)  # [P, dim/2]
+
+
+def rope_tables(grid_thw: tuple[int, int, int], rope_dim_list: tuple[int, ...],
+                theta: float = 256.0, device: torch.device | str | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each [T'*H'*W', head_dim] float32, for a token grid (T', H', W')."""
+    axes = [torch.arange(n, dtype=torch.float32) for n in grid_thw]
+    grid = torch.meshgrid(*axes, indexing="ij")  # 3 x [T', H', W']
+    angles = [
+        _axis_angles(g.reshape(-1), d, theta).repeat_interleave(2, dim=1)
+        for g, d in zip(grid, rope_dim_list, strict=True)
+    ]
+    angle = torch.cat(angles, dim=1)  # [N, head_dim]
+    return angle.cos().to(device), angle.sin().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs: out[2i] = x[2i]cos - x[2i+1]sin, out[2i+1] = x[2i+1]cos + x[2i]sin.
+
+    x: [B, N, H, D]; cos, sin: [N, D]. Computed in float32, returned in x's dtype.
+    """
+    xf = x.float()
+    pairs = xf.unflatten(-1, (-1, 2))  # [B, N, H, D/2, 2]
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return (xf * cos + rotated * sin).to(x.dtype)
