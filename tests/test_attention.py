@@ -1,0 +1,112 @@
+"""The attention entry point: exact flash-attn varlen semantics, on every backend here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hyvideo.dit.attention import AttentionGroups, attention, check_backend, flash_available, group_mask
+from hyvideo.dit.model import HYVideoDiffusionTransformer
+from tests.dit_utils import random_dit, random_inputs, tiny_config
+
+
+def _qkv(b=3, s=23, h=2, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, s, h, d, generator=g) for _ in range(3)]
+
+
+def _explicit(q, k, v, first_lens):
+    """Plain masked softmax, written independently of the module."""
+    b, s, h, d = q.shape
+    out = torch.zeros_like(q)
+    for i in range(b):
+        for j in range(s):
+            group = range(0, first_lens[i]) if j < first_lens[i] else range(first_lens[i], s)
+            idx = torch.tensor(list(group))
+            w = torch.softmax(torch.einsum("hd,khd->hk", q[i, j], k[i, idx]) / d**0.5, dim=-1)
+            out[i, j] = torch.einsum("hk,khd->hd", w, v[i, idx])
+    return out.reshape(b, s, h * d)
+
+
+@pytest.mark.parametrize("first_lens", [(23, 23, 23), (15, 20, 23), (12, 12, 17)])
+@pytest.mark.parametrize("backend", ["sdpa", "torch"])
+def test_grouped_attention_matches_explicit_softmax(first_lens, backend):
+    q, k, v = _qkv()
+    groups = AttentionGroups(first_lens, 23)
+    got = attention(q, k, v, groups, backend=backend)
+    torch.testing.assert_close(got, _explicit(q, k, v, first_lens), atol=1e-5, rtol=1e-5)
+
+
+def test_padding_values_never_reach_leading_group():
+    q, k, v = _qkv(b=2)
+    groups = AttentionGroups((14, 19), 23)
+    base = attention(q, k, v, groups)
+    k2, v2 = k.clone(), v.clone()
+    k2[0, 14:] += 100
+    v2[0, 14:] -= 50
+    k2[1, 19:] *= -3
+    other = attention(q, k2, v2, groups)
+    torch.testing.assert_close(other[0, :14], base[0, :14], atol=0, rtol=0)
+    torch.testing.assert_close(other[1, :19], base[1, :19], atol=0, rtol=0)
+
+
+def test_cu_seqlens_are_the_reference_boundaries():
+    groups = AttentionGroups.from_text_mask(120, torch.tensor([[1] * 13 + [0] * 3, [1] * 7 + [0] * 9]), 16)
+    assert groups.cu_seqlens().tolist() == [0, 133, 136, 263, 272]
+
+
+def test_group_mask_shape_and_blocks():
+    m = group_mask((2, 4), 4)
+    assert m.shape == (2, 1, 4, 4)
+    assert m[0, 0].tolist() == [[True, True, False, False], [True, True, False, False],
+                                [False, False, True, True], [False, False, True, True]]
+    assert bool(m[1].all())
+
+
+def test_explicit_mask_path_matches_softmax():
+    q, k, v = _qkv(b=2, s=6)
+    mask = torch.rand(2, 1, 6, 6) > 0.4
+    mask[..., 0] = True
+    a = attention(q, k, v, mask=mask, backend="sdpa")
+    b = attention(q, k, v, mask=mask, backend="torch")
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_backend_is_an_error():
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        check_backend("xformers")
+
+
+@pytest.mark.skipif(flash_available(), reason="flash_attn is installed here")
+def test_missing_flash_is_an_error_not_a_fallback():
+    with pytest.raises(RuntimeError, match="flash_attn is not installed"):
+        HYVideoDiffusionTransformer(tiny_config(), attention_backend="flash", device="meta")
+
+
+def test_dit_output_ignores_padded_text_rows():
+    cfg = tiny_config()
+    model = random_dit(cfg)
+    x, t, states, mask, pooled, guidance = random_inputs(cfg)
+    with torch.no_grad():
+        base = model(x, t, states, mask, pooled, guidance)
+        states2 = states.clone()
+        states2[mask == 0] = torch.randn_like(states2[mask == 0]) * 100
+        other = model(x, t, states2, mask, pooled, guidance)
+    torch.testing.assert_close(other, base, atol=0, rtol=0)
+
+
+def test_dit_sdpa_equals_explicit_backend_on_padded_batch():
+    cfg = tiny_config()
+    sdpa = random_dit(cfg)
+    ref = random_dit(cfg, attention_backend="torch")
+    inputs = random_inputs(cfg, batch=3, valid=(10, 4, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(*inputs), ref(*inputs), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not flash_available(), reason="needs CUDA and flash_attn")
+def test_flash_backend_matches_sdpa_on_gpu():
+    q, k, v = (t.cuda().half() for t in _qkv(b=2, s=64, h=2, d=64))
+    groups = AttentionGroups((40, 64), 64)
+    torch.testing.assert_close(attention(q, k, v, groups, backend="flash"),
+                               attention(q, k, v, groups, backend="sdpa"), atol=2e-3, rtol=2e-3)
