@@ -31,9 +31,9 @@ def split_heads(qkv: torch.Tensor, heads: int, q_norm: nn.Module, k_norm: nn.Mod
     if rope is not None:
         if n_rope is None or n_rope == q.shape[1]:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        else:
-            q = torch.cat([apply_rope(q[:, :n_rope], *rope), q[:, n_rope:]], dim=1)
-            k = torch.cat([apply_rope(k[:, :n_rope], *rope), k[:, n_rope:]], dim=1)
+        else:  # q and k are fresh tensors from the norms: rotate the image rows in place
+            q[:, :n_rope] = apply_rope(q[:, :n_rope], *rope)
+            k[:, :n_rope] = apply_rope(k[:, :n_rope], *rope)
     return q, k, v
 
 

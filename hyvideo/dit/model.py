@@ -93,12 +93,19 @@ class HYVideoDiffusionTransformer(nn.Module):
             vec = vec + self.guidance_in(guidance)
         img = self.img_in(x.to(dtype))  # [B, N, C]
         if c.text_projection == "single_refiner":
-            mask = text_mask if c.use_attention_mask else None
-            txt = self.txt_in(text_states.to(dtype), t, mask, self.attention_backend)  # [B, L, C]
+            refiner_mask = text_mask if c.use_attention_mask else None
+            txt = self.txt_in(text_states.to(dtype), t, refiner_mask, self.attention_backend)
         else:
             txt = self.txt_in(text_states.to(dtype))
+        mask = text_mask if c.use_attention_mask else None
+        if mask is not None:
+            # Padding tokens form their own attention group in every block and the final layer
+            # reads image tokens only, so padding past the longest prompt cannot change the
+            # output: drop it. With one prompt length per batch no mask is left at all.
+            longest = int(mask.sum(dim=1).max())
+            txt, mask = txt[:, :longest], mask[:, :longest]
         n_img, n_txt = img.shape[1], txt.shape[1]
-        groups = AttentionGroups.from_text_mask(n_img, text_mask if c.use_attention_mask else None, n_txt)
+        groups = AttentionGroups.from_text_mask(n_img, mask, n_txt)
 
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, rope, groups, self.attention_backend)
