@@ -1,0 +1,94 @@
+"""Both text encoders together: the text conditioning the pipeline consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder
+from hyvideo.text.llm import LLMTextEncoder, load_llm_encoder
+
+__all__ = ["TextConditioning", "TextEncoders", "load_text_encoders"]
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """What the DiT is conditioned on for a batch of prompts.
+
+    Attributes:
+        states: LLM hidden states [B, L, D] (L = text_len, or 315 for the 1-frame image template).
+        mask: LLM token mask [B, L] int64, 1 = prompt token (valid tokens first).
+        pooled: CLIP pooled embedding [B, D2] (the reference's ``text_states_2``).
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.states.shape[0]
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> TextConditioning:
+        """Move to ``device``; cast the floating tensors (not the mask) to ``dtype``."""
+        return TextConditioning(
+            self.states.to(device=device, dtype=dtype),
+            self.mask.to(device=device),
+            self.pooled.to(device=device, dtype=dtype),
+        )
+
+
+class TextEncoders:
+    """The LLM encoder (``text_encoder``) and the CLIP encoder (``text_encoder_2``)."""
+
+    def __init__(self, llm: LLMTextEncoder, clip: CLIPTextEncoder) -> None:
+        self.llm, self.clip = llm, clip
+
+    def encode(self, prompts: list[str], *, num_frames: int) -> TextConditioning:
+        """Encode ``prompts`` for a video of ``num_frames`` frames (1 = image template).
+
+        Each prompt is stripped of surrounding whitespace first, as ``inference.py`` does.
+        Outputs stay on each encoder's device and dtype; ``TextConditioning.to`` moves them.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a string")
+        prompts = [p.strip() for p in prompts]
+        states, mask = self.llm.encode(prompts, num_frames=num_frames)  # [B, L, D], [B, L]
+        pooled, _ = self.clip.encode(prompts)  # [B, D2]; its token mask is unused downstream
+        return TextConditioning(states, mask, pooled.to(states.device))
+
+
+def load_text_encoders(
+    text_encoder: str | Path,
+    text_encoder_2: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+    dtype_2: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    text_len: int = 256,
+    hidden_state_skip_layer: int = 2,
+    apply_final_norm: bool = False,
+    text_len_2: int = 77,
+) -> TextEncoders:
+    """Load ``ckpts/text_encoder`` and ``ckpts/text_encoder_2``.
+
+    Args:
+        dtype: precision of the LLM (``--text-encoder-precision``, float16 by default).
+        dtype_2: precision of CLIP (``--text-encoder-precision-2``); default: ``dtype``.
+    """
+    llm = load_llm_encoder(
+        text_encoder,
+        dtype=dtype,
+        device=device,
+        text_len=text_len,
+        hidden_state_skip_layer=hidden_state_skip_layer,
+        apply_final_norm=apply_final_norm,
+    )
+    clip = load_clip_encoder(
+        text_encoder_2, dtype=dtype_2 or dtype, device=device, max_length=text_len_2
+    )
+    return TextEncoders(llm, clip)
