@@ -1,0 +1,162 @@
+"""Assembling a pipeline: from the official ``ckpts/`` layout, or the in-memory tiny preset.
+
+One checkpoint root (``model_base``) derives every component path; each can be overridden.
+Every path is checked before anything is loaded, so a missing download is reported in one line
+before minutes of loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hyvideo.config import CONFIG_DIR, dtype_of, load_variant
+from hyvideo.loading import CheckpointError
+from hyvideo.pipeline import HunyuanVideoPipeline
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny-random"
+DOWNLOAD_HINT = ("download the official files as ckpts/README.md explains "
+                 "(huggingface-cli download tencent/HunyuanVideo --local-dir ckpts, plus the two "
+                 "text encoders), or run the offline demo with --model tiny-random")
+
+
+def default_device() -> torch.device:
+    """The current accelerator (CUDA, ROCm, XPU, MPS...) if there is one, else the CPU."""
+    acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return torch.device(acc) if acc is not None else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How to build a pipeline (the CLI's and the web demo's loading flags)."""
+
+    model: str = "HYVideo-T/2-cfgdistill"
+    model_base: Path = Path("ckpts")
+    model_resolution: str = "720p"  # the official folder hunyuan-video-t2v-<resolution>
+    dit_weight: Path | None = None
+    vae_path: Path | None = None
+    text_encoder_path: Path | None = None
+    text_encoder_2_path: Path | None = None
+    load_key: str = "module"
+    precision: str = "bf16"
+    vae_precision: str = "fp16"
+    text_encoder_precision: str = "fp16"
+    text_encoder_precision_2: str = "fp16"
+    use_fp8: bool = False
+    vae_tiling: bool = True
+    use_cpu_offload: bool = False
+    attention: str = "sdpa"
+    text_len: int = 256
+    hidden_state_skip_layer: int = 2
+    apply_final_norm: bool = False
+    text_len_2: int = 77
+    device: str | None = None
+
+    def resolved_device(self) -> torch.device:
+        return torch.device(self.device) if self.device else default_device()
+
+
+@dataclass(frozen=True)
+class ComponentPaths:
+    dit: Path
+    vae: Path
+    text_encoder: Path
+    text_encoder_2: Path
+
+
+def component_paths(opts: PipelineOptions) -> ComponentPaths:
+    """Every path derived from ``model_base`` (overrides win), checked to exist."""
+    base = Path(opts.model_base)
+    model_dir = base / f"hunyuan-video-t2v-{opts.model_resolution}"
+    name = "mp_rank_00_model_states_fp8.pt" if opts.use_fp8 else "mp_rank_00_model_states.pt"
+    paths = ComponentPaths(
+        dit=Path(opts.dit_weight) if opts.dit_weight else model_dir / "transformers" / name,
+        vae=Path(opts.vae_path) if opts.vae_path else model_dir / "vae",
+        text_encoder=Path(opts.text_encoder_path) if opts.text_encoder_path else base / "text_encoder",
+        text_encoder_2=Path(opts.text_encoder_2_path) if opts.text_encoder_2_path else base / "text_encoder_2",
+    )
+    overridden = all((opts.dit_weight, opts.vae_path, opts.text_encoder_path, opts.text_encoder_2_path))
+    if not base.is_dir() and not overridden:
+        raise CheckpointError(f"model folder {base} not found: {DOWNLOAD_HINT}")
+    for what, path in vars(paths).items():
+        if not path.exists():
+            extra = " (--use-fp8 needs the official *_fp8.pt and *_fp8_map.pt files)" if (
+                what == "dit" and opts.use_fp8) else ""
+            raise CheckpointError(f"missing {what.replace('_', ' ')} at {path}{extra}: {DOWNLOAD_HINT}")
+    return paths
+
+
+def load_pipeline(opts: PipelineOptions) -> HunyuanVideoPipeline:
+    """Load the official checkpoints (or build the tiny preset) into a ready pipeline."""
+    if opts.model == TINY:
+        return tiny_random_pipeline(opts)
+    from hyvideo.dit.loader import load_dit
+    from hyvideo.offload import ModelOffload
+    from hyvideo.text import load_text_encoders
+    from hyvideo.vae import load_vae
+
+    variant = load_variant(opts.model)
+    paths = component_paths(opts)
+    device = opts.resolved_device()
+    home = torch.device("cpu") if opts.use_cpu_offload else device
+    log.info("loading the DiT from %s", paths.dit)
+    dit = load_dit(paths.dit, variant.dit, dtype=dtype_of(opts.precision), device=home,
+                   load_key=opts.load_key, attention_backend=opts.attention)
+    if opts.use_fp8 and not any(getattr(m, "fp8_scale", None) is not None for m in dit.modules()):
+        raise CheckpointError(f"--use-fp8 was given but {paths.dit} holds no float8 weights")
+    log.info("loading the VAE from %s", paths.vae)
+    vae = load_vae(paths.vae, dtype=dtype_of(opts.vae_precision), device=home)
+    log.info("loading the text encoders from %s and %s", paths.text_encoder, paths.text_encoder_2)
+    text = load_text_encoders(
+        paths.text_encoder, paths.text_encoder_2, dtype=dtype_of(opts.text_encoder_precision),
+        dtype_2=dtype_of(opts.text_encoder_precision_2), device=home, text_len=opts.text_len,
+        hidden_state_skip_layer=opts.hidden_state_skip_layer,
+        apply_final_norm=opts.apply_final_norm, text_len_2=opts.text_len_2,
+    )
+    offload = ModelOffload({"dit": dit, "vae": vae, "text_encoders": text}, device) \
+        if opts.use_cpu_offload else None
+    return HunyuanVideoPipeline(dit, vae, text, device=device, name=variant.name,
+                                defaults=variant.sampling, vae_tiling=opts.vae_tiling, offload=offload)
+
+
+def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0) -> HunyuanVideoPipeline:
+    """Every component small and random, built in memory with the real structure (offline)."""
+    from transformers import CLIPTextConfig, LlamaConfig
+
+    from hyvideo.dit.loader import build_dit
+    from hyvideo.text import TextEncoders, random_clip_encoder, random_llm_encoder
+    from hyvideo.text.tokenizer import build_llava_llama3_tokenizer, llama3_tokenizer_json
+    from hyvideo.text.clip_vocab import offline_clip_tokenizer
+    from hyvideo.vae import VAEConfig, build_vae
+
+    opts = opts or PipelineOptions(model=TINY)
+    spec = json.loads((CONFIG_DIR / "tiny-random.json").read_text())
+    variant = load_variant(TINY)
+    device = opts.resolved_device()
+    log.warning("model tiny-random: every weight is RANDOM; the video will be noise-like. "
+                "Use the official checkpoints (ckpts/README.md) for real videos.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dit = build_dit(variant.dit, dtype=torch.float32, device=device, attention_backend=opts.attention)
+        _randomize(dit)
+        vae = build_vae(VAEConfig.from_dict(spec["vae"]), device=device, dtype=torch.float32)
+    llm = random_llm_encoder(LlamaConfig(**spec["text_encoder"]),
+                             build_llava_llama3_tokenizer(llama3_tokenizer_json()),
+                             seed=seed, device=device)
+    clip = random_clip_encoder(CLIPTextConfig(**spec["text_encoder_2"]), offline_clip_tokenizer(),
+                               seed=seed, device=device)
+    return HunyuanVideoPipeline(dit, vae, TextEncoders(llm, clip), device=device, name=TINY,
+                                defaults=variant.sampling, vae_tiling=opts.vae_tiling)
+
+
+def _randomize(model: torch.nn.Module, std: float = 0.05) -> None:
+    """Non-degenerate random weights (PyTorch's defaults leave norms at 1 and biases tiny)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if name.endswith("norm.weight") else 0.0, std)
