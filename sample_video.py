@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -130,6 +131,8 @@ def make_jobs(args, request):
         manifest = Manifest(args.save_path)
         if not manifest.path.is_file():
             raise ValueError(f"--resume: no manifest at {manifest.path}; run the batch once without --resume")
+        for stale in args.save_path.glob(".*.partial"):  # left by a kill mid-write
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         done = manifest.done_ids()
         skipped = [j for j in jobs if j.id in done]
         jobs = [j for j in jobs if j.id not in done]
@@ -218,7 +221,7 @@ def generate(args, variants) -> int:
         return fail("give either --video-size or --resolution, not both")
     try:
         request = base_request(args, load_variant(args.model).sampling, RESOLUTIONS)
-        (request if args.prompt else request.__class__(**{**request.settings(), "prompt": "x"})).validate()
+        request.validate(require_prompt=args.prompt_file is None)  # before any model loads
         check_save_path(args.save_path)
         jobs = make_jobs(args, request)
         pipe = load_pipeline(pipeline_options(args))

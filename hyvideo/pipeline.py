@@ -74,9 +74,9 @@ class GenerationRequest:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
-    def validate(self) -> None:
+    def validate(self, require_prompt: bool = True) -> None:
         """Raise :class:`UsageError` with a one-line fix for anything the model cannot run."""
-        if not self.prompt or not self.prompt.strip():
+        if require_prompt and (not self.prompt or not self.prompt.strip()):
             raise UsageError("the prompt is empty: describe the video to generate")
         for name in ("height", "width"):
             v = getattr(self, name)
