@@ -24,8 +24,8 @@ EXIT_USAGE = 2
 log = logging.getLogger("sample_video")
 
 
-def build_parser(variants: list[str], resolutions: list[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
+    """The loading flags, shared with gradio_server.py (one pipeline, the same flags)."""
     g = p.add_argument_group("model and weights")
     g.add_argument("--model", default="HYVideo-T/2-cfgdistill", help=f"model variant: {', '.join(variants)}; "
                    "tiny-random builds small random-weight components in memory (offline demo)")
@@ -58,6 +58,10 @@ def build_parser(variants: list[str], resolutions: list[str]) -> argparse.Argume
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence-parallel degree (under torchrun)")
     g.add_argument("--ring-degree", type=int, default=1, help="Ring sequence-parallel degree (under torchrun)")
 
+
+def build_parser(variants: list[str], resolutions: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, variants)
     s = p.add_argument_group("sampling (defaults: the model variant's)")
     s.add_argument("--prompt", help="text describing the video")
     s.add_argument("--neg-prompt", help="negative prompt for --cfg-scale > 1 (default: the official one)")
