@@ -44,7 +44,8 @@ def forward_flops(n_img: int, n_txt: int, hidden: int, double: int, single: int,
     return double * double_block + single * single_block
 
 
-def _build(which: str, cfg: dict, dtype, device):
+def _build_pair(cfg: dict, dtype, device, with_diffusers: bool):
+    """Our DiT with random weights and (optionally) diffusers' model holding the same weights."""
     import torch
 
     from hyvideo.config import DiTConfig
@@ -53,34 +54,30 @@ def _build(which: str, cfg: dict, dtype, device):
 
     config = DiTConfig.from_dict(cfg)
     torch.manual_seed(0)
-    ours = build_dit(config, dtype=dtype, device="cpu" if device == "cpu" else "meta")
-    if device != "cpu":
-        ours = ours.to_empty(device=device)
+    ours = build_dit(config, dtype=dtype, device="meta").to_empty(device=device)
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0, 0.02)
-    if which == "ours":
-        return ours
+    if not with_diffusers:
+        return ours, None
     from diffusers import HunyuanVideoTransformer3DModel
 
-    theirs = HunyuanVideoTransformer3DModel(
-        in_channels=16, out_channels=16, num_attention_heads=config.heads_num,
-        attention_head_dim=config.head_dim, num_layers=config.mm_double_blocks_depth,
-        num_single_layers=config.mm_single_blocks_depth, guidance_embeds=config.guidance_embed,
-        text_embed_dim=config.text_states_dim, pooled_projection_dim=config.text_states_dim_2,
-        rope_axes_dim=tuple(config.rope_dim_list),
-    ).to(device=device, dtype=dtype)
-    theirs.load_state_dict(dit_to_diffusers(ours.state_dict()), strict=True)
-    del ours
-    return theirs.eval()
+    with torch.device("meta"):
+        theirs = HunyuanVideoTransformer3DModel(
+            in_channels=16, out_channels=16, num_attention_heads=config.heads_num,
+            attention_head_dim=config.head_dim, num_layers=config.mm_double_blocks_depth,
+            num_single_layers=config.mm_single_blocks_depth, guidance_embeds=config.guidance_embed,
+            text_embed_dim=config.text_states_dim, pooled_projection_dim=config.text_states_dim_2,
+            rope_axes_dim=tuple(config.rope_dim_list),
+        )
+    theirs.load_state_dict({k: v.clone() for k, v in dit_to_diffusers(ours.state_dict()).items()},
+                           strict=True, assign=True)
+    return ours, theirs.to(dtype).eval()
 
 
-def worker(which: str, cfg: dict, inp: dict, device: str, dtype_name: str, repeats: int) -> dict:
-    """Build one model, run warm-up + timed forwards, report median seconds and peak memory."""
+def _inputs(cfg: dict, inp: dict, device, dtype):
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-    model = _build(which, cfg, dtype, device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, *inp["latent"], generator=g).to(device, dtype)
     t = torch.tensor([900.0], device=device)
@@ -89,35 +86,79 @@ def worker(which: str, cfg: dict, inp: dict, device: str, dtype_name: str, repea
     mask[:, : inp["valid"]] = 1
     pooled = torch.randn(1, cfg["text_states_dim_2"], generator=g).to(device, dtype)
     guidance = torch.tensor([6000.0], device=device, dtype=dtype)
+    return x, t, states, mask, pooled, guidance
 
-    def run():
-        if which == "ours":
-            return model(x, t, states, mask, pooled, guidance)
-        return model(x, t, states, mask, pooled, guidance=guidance, return_dict=False)[0]
 
-    cuda = device.startswith("cuda")
-    times = []
+def _runner(which, model, args):
+    x, t, states, mask, pooled, guidance = args
+    if which == "ours":
+        return lambda: model(x, t, states, mask, pooled, guidance)
+    return lambda: model(x, t, states, mask, pooled, guidance=guidance, return_dict=False)[0]
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device != "cpu":
+        torch.accelerator.synchronize()
+
+
+def _dtypes():
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def time_worker(cfg: dict, inp: dict, device: str, dtype_name: str, repeats: int, with_diffusers: bool) -> dict:
+    """Both models in one process, forwards alternated, so machine load affects both alike."""
+    import torch
+
+    dtype = _dtypes()[dtype_name]
+    ours, theirs = _build_pair(cfg, dtype, device, with_diffusers)
+    args = _inputs(cfg, inp, device, dtype)
+    runs = {"ours": _runner("ours", ours, args)}
+    if theirs is not None:
+        runs["diffusers"] = _runner("diffusers", theirs, args)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode():
+        a = runs["ours"]()
+        if theirs is not None:  # same weights, same answer: the comparison is like for like
+            b = runs["diffusers"]()
+            times["max_abs_diff"] = [float((a.float() - b.float()).abs().max())]
+        for _ in range(repeats):
+            for name, run in runs.items():
+                _sync(device)
+                start = time.perf_counter()
+                run()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def memory_worker(which: str, cfg: dict, inp: dict, device: str, dtype_name: str) -> dict:
+    """One model alone: peak memory of a forward over the weights + inputs baseline."""
+    import torch
+
+    dtype = _dtypes()[dtype_name]
+    ours, theirs = _build_pair(cfg, dtype, device, which == "diffusers")
+    model = ours if which == "ours" else theirs
+    if which != "ours":
+        del ours
+    run = _runner(which, model, _inputs(cfg, inp, device, dtype))
     with torch.inference_mode():
         run()  # warm-up
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
+        _sync(device)
+        if device != "cpu":
+            torch.accelerator.reset_peak_memory_stats()
+            base = torch.accelerator.memory_allocated()
         sampler = RssSampler().start()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+        run()
+        _sync(device)
         sampler.stop()
-    if cuda:  # peak over everything allocated (weights included), and the forward's own share
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        extra = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:  # resident-memory growth during the forwards over the weights + inputs baseline
-        peak = extra = sampler.peak_growth_mib
-    return {"seconds": statistics.median(times), "peak_mib": peak, "forward_mib": extra,
-            "times": times}
+    if device != "cpu":
+        peak = torch.accelerator.max_memory_allocated()
+        return {"peak_mib": peak / 2**20, "forward_mib": (peak - base) / 2**20}
+    return {"peak_mib": sampler.peak_growth_mib, "forward_mib": sampler.peak_growth_mib}
 
 
 class RssSampler:
@@ -155,12 +196,15 @@ class RssSampler:
         return (self.peak - self.base) / 2**20
 
 
-def measure(which, cfg, inp, device, dtype, repeats) -> dict:
-    payload = json.dumps([which, cfg, inp, device, dtype, repeats])
+def subprocess_call(name: str, *args) -> dict:
+    payload = json.dumps([name, *args])
+    # A fixed mmap threshold makes glibc hand every large buffer back to the OS when freed, so the
+    # resident size follows the live tensors and its peak growth is the forward's working memory.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_MMAP_THRESHOLD_": "65536"}
     proc = subprocess.run([sys.executable, __file__, "--worker", payload], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"{which} worker failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name} worker failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -172,9 +216,12 @@ def main() -> int:
                         help="full-size model (3072 hidden, 20+40 blocks) in bf16 at 544x960x129f")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-diffusers", action="store_true", help="measure ours only")
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="hardware peak for MFU (H100/H200 bf16 dense)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(*json.loads(args.worker))))
+        name, *rest = json.loads(args.worker)
+        worker = {"time": time_worker, "memory": memory_worker}[name]
+        print(json.dumps(worker(*rest)))
         return 0
 
     if args.full:
@@ -185,25 +232,28 @@ def main() -> int:
         cfg, inp, dtype = MEDIUM, MEDIUM_INPUT, "fp32"
     t, h, w = inp["latent"][1:]
     n_img = t * (h // 2) * (w // 2)
-    flops = forward_flops(n_img, inp["text_len"], cfg["hidden_size"], cfg["mm_double_blocks_depth"],
+    flops = forward_flops(n_img, inp["valid"], cfg["hidden_size"], cfg["mm_double_blocks_depth"],
                           cfg["mm_single_blocks_depth"], cfg.get("mlp_width_ratio", 4.0))
     print(f"config: hidden {cfg['hidden_size']}, heads {cfg['heads_num']}, "
           f"{cfg['mm_double_blocks_depth']} double + {cfg['mm_single_blocks_depth']} single blocks; "
           f"latent {inp['latent']}, text {inp['text_len']} tokens ({inp['valid']} valid); "
           f"{n_img} image tokens; {dtype} on {args.device}; {flops / 1e12:.2f} TFLOP per forward")
-    ours = measure("ours", cfg, inp, args.device, dtype, args.repeats)
-    print(f"ours:      {ours['seconds']:.3f} s/forward (median of {args.repeats}), "
-          f"peak {ours['peak_mib']:.0f} MiB (forward's own {ours['forward_mib']:.0f} MiB)")
-    if args.device.startswith("cuda"):
-        tflops = flops / ours["seconds"] / 1e12
-        print(f"ours:      {tflops:.0f} TFLOP/s achieved, MFU {tflops / 790:.1%} of 790 TFLOP/s (bf16 dense)")
-    if args.no_diffusers:
-        return 0
-    theirs = measure("diffusers", cfg, inp, args.device, dtype, args.repeats)
-    print(f"diffusers: {theirs['seconds']:.3f} s/forward (median of {args.repeats}), "
-          f"peak {theirs['peak_mib']:.0f} MiB (forward's own {theirs['forward_mib']:.0f} MiB)")
-    print(f"ratio ours/diffusers: time {ours['seconds'] / theirs['seconds']:.2f}x, "
-          f"peak memory {ours['peak_mib'] / max(theirs['peak_mib'], 1e-9):.2f}x")
+    with_diffusers = not args.no_diffusers
+    times = subprocess_call("time", cfg, inp, args.device, dtype, args.repeats, with_diffusers)
+    mem = {"ours": subprocess_call("memory", "ours", cfg, inp, args.device, dtype)}
+    if with_diffusers:
+        mem["diffusers"] = subprocess_call("memory", "diffusers", cfg, inp, args.device, dtype)
+    for name in mem:
+        print(f"{name + ':':11}{times[name]:.3f} s/forward (median of {args.repeats}, alternated), "
+              f"peak {mem[name]['peak_mib']:.0f} MiB (the forward's own {mem[name]['forward_mib']:.0f} MiB)")
+    if args.device != "cpu":
+        tflops = flops / times["ours"] / 1e12
+        print(f"ours:      {tflops:.0f} TFLOP/s achieved, MFU {tflops / args.peak_tflops:.1%} "
+              f"of {args.peak_tflops:.0f} TFLOP/s")
+    if with_diffusers:
+        print(f"outputs agree: max |ours - diffusers| = {times['max_abs_diff']:.2e}")
+        print(f"ratio ours/diffusers: time {times['ours'] / times['diffusers']:.2f}x, peak memory "
+              f"{mem['ours']['forward_mib'] / max(mem['diffusers']['forward_mib'], 1e-9):.2f}x")
     return 0
 
 

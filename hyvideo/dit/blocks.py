@@ -68,10 +68,12 @@ class MMDoubleStreamBlock(nn.Module):
                 groups: AttentionGroups, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """img [B, N, C], txt [B, L, C], vec [B, C] -> updated (img, txt)."""
         img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
-        iq, ik, iv = self._qkv("img", img, img_mods[0], rope)  # RoPE on image tokens only
-        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], None)
-        attn = attention(torch.cat([iq, tq], 1), torch.cat([ik, tk], 1), torch.cat([iv, tv], 1),
-                         groups, backend=backend)  # [B, N+L, C]
+        img_qkv = self._qkv("img", img, img_mods[0], rope)  # RoPE on image tokens only
+        txt_qkv = self._qkv("txt", txt, txt_mods[0], None)
+        q, k, v = (torch.cat(pair, dim=1) for pair in zip(img_qkv, txt_qkv))  # [B, N+L, H, D]
+        del img_qkv, txt_qkv  # free the per-stream projections before attention (peak memory)
+        attn = attention(q, k, v, groups, backend=backend)  # [B, N+L, C]
+        del q, k, v
         n = img.shape[1]
         return (self._finish("img", img, attn[:, :n], img_mods),
                 self._finish("txt", txt, attn[:, n:], txt_mods))
@@ -95,9 +97,15 @@ class MMSingleStreamBlock(nn.Module):
                 groups: AttentionGroups, backend: str) -> torch.Tensor:
         """x [B, N+L, C] (image tokens first) -> [B, N+L, C]."""
         (mod,) = self.modulation(vec)
-        h = self.linear1(modulate(layer_norm(x), mod.shift, mod.scale))
+        h = self.linear1(modulate(layer_norm(x), mod.shift, mod.scale))  # [B, S, 3C + M]
         qkv, mlp = h.split([3 * self.hidden, self.mlp_hidden], dim=-1)
         q, k, v = split_heads(qkv, self.heads, self.q_norm, self.k_norm, rope, n_img)
-        attn = attention(q, k, v, groups, backend=backend)  # [B, N+L, C]
-        out = self.linear2(torch.cat([attn, activation(mlp, "gelu_tanh")], dim=-1))
+        # q and k are fresh tensors; copying v too lets the wide linear1 output be freed before
+        # attention runs (peak memory), and gives attention a contiguous v.
+        v = v.contiguous()
+        mlp = activation(mlp, "gelu_tanh")
+        del h, qkv
+        attn = attention(q, k, v, groups, backend=backend)  # [B, S, C]
+        del q, k, v
+        out = self.linear2(torch.cat([attn, mlp], dim=-1))
         return gated(x, out, mod.gate)

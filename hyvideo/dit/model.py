@@ -110,6 +110,7 @@ class HYVideoDiffusionTransformer(nn.Module):
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, rope, groups, self.attention_backend)
         x_tokens = torch.cat([img, txt], dim=1)  # [B, N+L, C]
+        del img, txt
         for block in self.single_blocks:
             x_tokens = block(x_tokens, vec, n_img, rope, groups, self.attention_backend)
         out = self.final_layer(x_tokens[:, :n_img], vec)  # [B, N, pt*ph*pw*C_out]

@@ -34,10 +34,15 @@ def rope_tables(grid_thw: tuple[int, int, int], rope_dim_list: tuple[int, ...],
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs: out[2i] = x[2i]cos - x[2i+1]sin, out[2i+1] = x[2i+1]cos + x[2i]sin.
 
-    x: [B, N, H, D]; cos, sin: [N, D]. Computed in float32, returned in x's dtype.
+    x: [B, N, H, D]; cos, sin: [N, D]. Computed in float32, returned in x's dtype. Written with
+    two temporaries (the rotated copy and the result) to keep peak memory low.
     """
     xf = x.float()
-    pairs = xf.unflatten(-1, (-1, 2))  # [B, N, H, D/2, 2]
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return (xf * cos + rotated * sin).to(x.dtype)
+    rotated = torch.empty_like(xf)
+    rotated[..., 0::2] = xf[..., 1::2]
+    rotated[..., 0::2].neg_()
+    rotated[..., 1::2] = xf[..., 0::2]
+    out = xf * cos
+    out.addcmul_(rotated, sin)
+    return out.to(x.dtype)
