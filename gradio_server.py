@@ -1,12 +1,115 @@
-"""Web demo entry point: not implemented yet.
+"""Serve HunyuanVideo as a Gradio web page (and a `gradio_client` API named /generate).
 
-The Gradio demo is tracked as its own issue and depends on the end-to-end pipeline. Until it
-lands this script only says so (exit code 2) rather than pretending to work.
+    python gradio_server.py                              # official checkpoints under ckpts/
+    python gradio_server.py --model tiny-random          # offline demo, random weights
+    python gradio_server.py --use-cpu-offload --max-frames 65 --server-port 8081
+
+The loading flags are sample_video.py's. The server listens on 127.0.0.1 unless --server-name
+says otherwise; one video is generated at a time and other requests wait in a queue. Videos are
+written under --output-dir with generated names, their settings embedded in the mp4.
 """
 
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
+
+from sample_video import add_model_args, fail, pipeline_options
+
+log = logging.getLogger("gradio_server")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser(variants: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, variants)
+    s = p.add_argument_group("server")
+    s.add_argument("--server-name", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    s.add_argument("--server-port", type=int, default=7860, help="port (default 7860)")
+    s.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (default off)")
+    s.add_argument("--output-dir", type=Path, default=Path("results/webui"),
+                   help="where the videos are written, with generated names (default results/webui)")
+    s.add_argument("--queue-size", type=positive_int, default=16,
+                   help="requests that may wait for the device; more are refused (default 16)")
+    g = p.add_argument_group("limits on one request (checked on the server)")
+    g.add_argument("--max-pixels", type=positive_int, default=1280 * 720,
+                   help="height x width of a frame (default 921600: 720p)")
+    g.add_argument("--max-frames", type=positive_int, default=129, help="video length (default 129)")
+    g.add_argument("--max-steps", type=positive_int, default=100, help="denoising steps (default 100)")
+    return p
+
+
+def check_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create --output-dir {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"--output-dir {path} is not writable; choose another folder")
+
+
+def allowed_paths(output_dir: Path) -> list[str]:
+    """Folders Gradio may copy results from beyond the working and temp folders it accepts anyway.
+
+    Gradio also serves an allowed folder's files by name, so the output folder is added only when
+    it has to be: results are otherwise served from content-hashed copies no one can guess.
+    """
+    folder = output_dir.resolve()
+    if any(folder.is_relative_to(Path(base).resolve()) for base in (os.getcwd(), tempfile.gettempdir())):
+        return []
+    return [str(folder)]
+
+
+def serve(args) -> int:
+    from hyvideo.components import load_pipeline
+    from hyvideo.loading import CheckpointError
+
+    try:
+        from hyvideo.webui import Limits, build_demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "gradio":
+            raise
+        return fail("the web demo needs Gradio: pip install gradio")
+    try:
+        check_output_dir(args.output_dir)
+        pipe = load_pipeline(pipeline_options(args))
+    except (CheckpointError, ValueError) as exc:
+        return fail(str(exc))
+    limits = Limits(max_pixels=args.max_pixels, max_frames=args.max_frames, max_steps=args.max_steps)
+    demo = build_demo(pipe, output_dir=args.output_dir, limits=limits, queue_size=args.queue_size)
+    if args.server_name not in LOOPBACK:
+        log.warning("listening on %s: anyone who can reach this address can use the device", args.server_name)
+    demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share,
+                allowed_paths=allowed_paths(args.output_dir), show_error=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from hyvideo.config import variant_files
+
+    variants = list(variant_files())
+    args = build_parser(variants).parse_args(argv)
+    if args.model not in variants:
+        return fail(f"unknown model {args.model!r}; choose one of: {', '.join(variants)}")
+    if args.ulysses_degree * args.ring_degree != 1:
+        return fail("sequence parallelism (--ulysses-degree/--ring-degree > 1) is not available in the web demo; use 1")
+    if not 0 < args.server_port < 65536:
+        return fail(f"--server-port {args.server_port} is not a port number (1-65535)")
+    return serve(args)
+
 
 if __name__ == "__main__":
-    print("gradio_server.py: the web demo is not implemented yet; "
-          "use `python -m hyvideo.conformance` to check the model parts that exist", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())
