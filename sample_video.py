@@ -57,11 +57,38 @@ def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
     g.add_argument("--text-len-2", type=int, default=77, help="CLIP tokens (default 77)")
     g.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses sequence-parallel degree (under torchrun)")
     g.add_argument("--ring-degree", type=int, default=1, help="Ring sequence-parallel degree (under torchrun)")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a HunyuanVideo LoRA (.safetensors in diffusers/PEFT, original-key or "
+                   "ComfyUI/kohya format, or a PEFT folder) at SCALE (default 1.0); repeatable")
+    g.add_argument("--lora-fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="merge LoRAs into the weights (default; FP8 layers are requantized); "
+                   "--no-lora-fuse keeps them as side branches")
+
+
+def add_rewrite_args(p: argparse.ArgumentParser) -> None:
+    """The prompt-rewrite flags, shared with gradio_server.py."""
+    r = p.add_argument_group("prompt rewrite (the prompt encoded is the rewritten one; both are recorded)")
+    r.add_argument("--rewrite", choices=["normal", "master"],
+                   help="rewrite each prompt first: normal clarifies the intent; master also adds "
+                   "composition, lighting and camera movement")
+    r.add_argument("--rewrite-endpoint", metavar="URL", help="OpenAI-compatible chat endpoint serving the "
+                   "rewrite model, e.g. http://localhost:8000/v1 (vLLM); key from $HYVIDEO_REWRITE_API_KEY")
+    r.add_argument("--rewrite-model", default="HunyuanVideo-PromptRewrite",
+                   help="model name sent to the endpoint (default HunyuanVideo-PromptRewrite)")
+    r.add_argument("--rewrite-model-path", type=Path, metavar="FOLDER",
+                   help="a local transformers causal LM folder instead of an endpoint (greedy decoding)")
+    r.add_argument("--rewrite-timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    r.add_argument("--rewrite-retries", type=int, default=2,
+                   help="retries after a timeout, connection error, 429 or 5xx (default 2)")
+    r.add_argument("--rewrite-max-tokens", type=int, default=512, help="longest rewrite in tokens (default 512)")
+    r.add_argument("--rewrite-fallback", action="store_true",
+                   help="if the rewrite fails, warn and use the original prompt (default: error)")
 
 
 def build_parser(variants: list[str], resolutions: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, variants)
+    add_rewrite_args(p)
     s = p.add_argument_group("sampling (defaults: the model variant's)")
     s.add_argument("--prompt", help="text describing the video")
     s.add_argument("--neg-prompt", help="negative prompt for --cfg-scale > 1 (default: the official one)")
@@ -107,7 +134,52 @@ def pipeline_options(args):
         vae_tiling=args.vae_tiling, use_cpu_offload=args.use_cpu_offload, attention=args.attention,
         text_len=args.text_len, hidden_state_skip_layer=args.hidden_state_skip_layer,
         apply_final_norm=args.apply_final_norm, text_len_2=args.text_len_2, device=args.device,
+        loras=lora_specs(args), lora_fuse=args.lora_fuse,
     )
+
+
+def lora_specs(args) -> tuple:
+    """``--lora PATH[:SCALE]`` flags as LoraSpecs, each file checked to exist (before loading)."""
+    from hyvideo.lora import LoraSpec
+
+    specs = tuple(LoraSpec.parse(text) for text in args.lora)
+    for spec in specs:
+        if not spec.path.exists():
+            raise ValueError(f"LoRA file not found: {spec.path} (--lora PATH[:SCALE])")
+    return specs
+
+
+def rewrite_options(args):
+    """The ``--rewrite*`` flags as RewriteOptions; None without --rewrite."""
+    from hyvideo.rewrite import RewriteOptions
+
+    given = [f for f in ("rewrite_endpoint", "rewrite_model_path") if getattr(args, f)]
+    if args.rewrite is None:
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --rewrite normal|master")
+        return None
+    if len(given) != 1:
+        raise ValueError("--rewrite needs exactly one of --rewrite-endpoint URL or --rewrite-model-path FOLDER")
+    if args.rewrite_timeout <= 0 or args.rewrite_retries < 0 or args.rewrite_max_tokens < 1:
+        raise ValueError("--rewrite-timeout must be > 0, --rewrite-retries >= 0, --rewrite-max-tokens >= 1")
+    if args.rewrite_model_path and not args.rewrite_model_path.is_dir():
+        raise ValueError(f"--rewrite-model-path {args.rewrite_model_path} is not a folder")
+    return RewriteOptions(mode=args.rewrite, endpoint=args.rewrite_endpoint, model=args.rewrite_model,
+                          model_path=args.rewrite_model_path, timeout=args.rewrite_timeout,
+                          retries=args.rewrite_retries, fallback=args.rewrite_fallback,
+                          max_new_tokens=args.rewrite_max_tokens,
+                          api_key=os.environ.get("HYVIDEO_REWRITE_API_KEY"), device=args.device)
+
+
+def rewrite_jobs(jobs, args) -> dict:
+    """job id -> Rewrite for every job (before the models load: fails fast, frees the rewriter)."""
+    from hyvideo.rewrite import build_rewriter
+
+    opts = rewrite_options(args)
+    if opts is None:
+        return {}
+    rewriter = build_rewriter(opts)
+    return {job.id: rewriter.rewrite_result(job.prompt) for job in jobs}
 
 
 def base_request(args, defaults, resolutions):
@@ -153,12 +225,12 @@ def check_save_path(path: Path) -> None:
         raise ValueError(f"--save-path {path} is not writable; choose another folder")
 
 
-def write_output(result, index: int, job, args, pipe) -> tuple[Path, dict]:
+def write_output(result, index: int, job, args, pipe, extra: dict | None = None) -> tuple[Path, dict]:
     from hyvideo.video_io import slug, unique_path, write_frames, write_latents, write_mp4
 
     seed = result.seeds[index]
     meta = {**result.request.settings(), "seed": seed, "model": pipe.name, "id": job.id,
-            "random_weights": pipe.name == "tiny-random"}
+            "random_weights": pipe.name == "tiny-random", **(extra or {})}
     stem = f"{job.id}_seed{seed}_{slug(job.prompt, 40)}"
     if args.output_type == "latents":
         return write_latents(result.latents[index:index + 1], unique_path(args.save_path, stem, ".safetensors"), meta), meta
@@ -167,7 +239,52 @@ def write_output(result, index: int, job, args, pipe) -> tuple[Path, dict]:
     return write_mp4(result.videos[index], unique_path(args.save_path, stem, ".mp4"), meta), meta
 
 
-def run_jobs(pipe, jobs, request, args) -> None:
+def parallel_config(args, request, variant):
+    """The parallel layout from the degrees and torchrun's WORLD_SIZE; None for one process.
+
+    With --cfg-scale > 1 and twice as many processes as ulysses x ring, the negative and
+    positive branches run on two rank groups (CFG parallel).
+    """
+    from hyvideo.parallel import ParallelConfig, check_degrees
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    sp = args.ulysses_degree * args.ring_degree
+    if world == 1 and sp == 1:
+        return None
+    cfg_degree = 2 if request.cfg_scale > 1 and world == 2 * sp else 1
+    config = ParallelConfig(args.ulysses_degree, args.ring_degree, cfg_degree)
+    pt, ph, pw = variant.dit.patch_size
+    t, h, w = (request.video_length - 1) // 4 + 1, request.height // 8, request.width // 8
+    check_degrees(config, world_size=world, heads=variant.dit.heads_num,
+                  token_grid=(t // pt, h // ph, w // pw))
+    return config
+
+
+def start_parallel(config, args):
+    """Join torchrun's process group (gloo on CPU, NCCL on GPUs); pin this rank's device."""
+    from hyvideo.components import device_for_rank
+    from hyvideo.parallel import init_parallel
+
+    if args.device is None:
+        args.device = str(device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
+    import torch
+
+    state = init_parallel(config, torch.device(args.device))
+    if not state.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+        args.quiet = True
+    return state
+
+
+def share_from_main(obj):
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_jobs(pipe, jobs, request, args, rewrites: dict | None = None) -> None:
     import dataclasses
 
     import torch
@@ -176,7 +293,8 @@ def run_jobs(pipe, jobs, request, args) -> None:
 
     manifest = Manifest(args.save_path)
     for job in jobs:
-        req = dataclasses.replace(request, prompt=job.prompt, seed=job.seed,
+        rewrite = (rewrites or {}).get(job.id)  # the prompt encoded is the rewritten one
+        req = dataclasses.replace(request, prompt=rewrite.prompt if rewrite else job.prompt, seed=job.seed,
                                   negative_prompt=job.negative_prompt or request.negative_prompt)
         req.validate()
         if pipe.device.type != "cpu":
@@ -185,8 +303,13 @@ def run_jobs(pipe, jobs, request, args) -> None:
         result = pipe(req, decode=args.output_type != "latents", show_progress=not args.quiet)
         seconds = time.perf_counter() - start
         peak = torch.accelerator.max_memory_allocated() / 2**30 if pipe.device.type != "cpu" else None
+        if not pipe.is_main:  # only rank 0 writes files and the manifest
+            continue
         for i in range(req.num_videos):
-            path, meta = write_output(result, i, job, args, pipe)
+            extra = {**(rewrite.metadata() if rewrite else {}),
+                     **({"loras": [{"path": str(x.path), "scale": x.scale} for x in lora_specs(args)]}
+                        if args.lora else {})}
+            path, meta = write_output(result, i, job, args, pipe, extra)
             vid = job.id if req.num_videos == 1 else f"{job.id}.{i}"
             manifest.append({**meta, "id": vid, "job": job.id, "output": str(path),
                              "seconds": round(seconds, 2), "peak_memory_gib": peak})
@@ -214,23 +337,31 @@ def generate(args, variants) -> int:
     from hyvideo.config import load_variant
     from hyvideo.loading import CheckpointError
     from hyvideo.pipeline import RESOLUTIONS, UsageError
+    from hyvideo.rewrite import RewriteError
 
     if args.model not in variants:
         return fail(f"unknown model {args.model!r}; choose one of: {', '.join(variants)}")
-    if args.ulysses_degree * args.ring_degree != 1:
-        return fail("sequence parallelism (--ulysses-degree/--ring-degree > 1) is not available yet; use 1")
     if bool(args.prompt) == bool(args.prompt_file):
         return fail("give either --prompt \"...\" or --prompt-file FILE")
     if args.video_size and args.resolution:
         return fail("give either --video-size or --resolution, not both")
     try:
-        request = base_request(args, load_variant(args.model).sampling, RESOLUTIONS)
+        variant = load_variant(args.model)
+        request = base_request(args, variant.sampling, RESOLUTIONS)
         request.validate(require_prompt=args.prompt_file is None)  # before any model loads
-        check_save_path(args.save_path)
-        jobs = make_jobs(args, request)
-        pipe = load_pipeline(pipeline_options(args))
-        run_jobs(pipe, jobs, request, args)
-    except (UsageError, PromptFileError, CheckpointError, ValueError) as exc:
+        parallel = parallel_config(args, request, variant)  # validated before any model loads
+        state = start_parallel(parallel, args) if parallel else None
+        if state is None or state.is_main:
+            check_save_path(args.save_path)
+        jobs = make_jobs(args, request) if state is None or state.is_main else None
+        if state is not None:  # every rank runs the same jobs with the same seeds
+            jobs = share_from_main(jobs)
+        options = pipeline_options(args)
+        # Only rank 0 encodes text, so only it rewrites (before any model loads).
+        rewrites = rewrite_jobs(jobs, args) if state is None or state.is_main else {}
+        pipe = load_pipeline(options, parallel=state)
+        run_jobs(pipe, jobs, request, args, rewrites)
+    except (UsageError, PromptFileError, CheckpointError, RewriteError, ValueError) as exc:
         return fail(str(exc))
     except torch.OutOfMemoryError:
         return fail("out of memory while generating; lower memory with --use-cpu-offload, --use-fp8, "

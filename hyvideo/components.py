@@ -32,6 +32,12 @@ def default_device() -> torch.device:
     return torch.device(acc) if acc is not None else torch.device("cpu")
 
 
+def device_for_rank(local_rank: int) -> torch.device:
+    """This process's device under torchrun: accelerator ``local_rank``, or the CPU."""
+    acc = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return torch.device(acc.type, local_rank) if acc is not None else torch.device("cpu")
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
     """How to build a pipeline (the CLI's and the web demo's loading flags)."""
@@ -57,6 +63,8 @@ class PipelineOptions:
     apply_final_norm: bool = False
     text_len_2: int = 77
     device: str | None = None
+    loras: tuple = ()  # hyvideo.lora.LoraSpec each (--lora PATH[:SCALE])
+    lora_fuse: bool = True  # merge into the weights; False: switchable side branches
 
     def resolved_device(self) -> torch.device:
         return torch.device(self.device) if self.device else default_device()
@@ -92,40 +100,72 @@ def component_paths(opts: PipelineOptions) -> ComponentPaths:
     return paths
 
 
-def load_pipeline(opts: PipelineOptions) -> HunyuanVideoPipeline:
-    """Load the official checkpoints (or build the tiny preset) into a ready pipeline."""
+def load_pipeline(opts: PipelineOptions, parallel=None) -> HunyuanVideoPipeline:
+    """Load the official checkpoints (or build the tiny preset) into a ready pipeline.
+
+    ``parallel`` (a :class:`hyvideo.parallel.ParallelState`): only rank 0 loads the text
+    encoders (their output is broadcast); every rank holds the DiT and the VAE.
+    """
     if opts.model == TINY:
-        return tiny_random_pipeline(opts)
-    from hyvideo.dit.loader import load_dit
+        pipe = tiny_random_pipeline(opts, parallel=parallel)
+        apply_lora_options(pipe.dit, opts)
+        return pipe
+    from hyvideo.layouts import DIFFUSERS, detect_layout, load_diffusers_components
     from hyvideo.offload import ModelOffload
+
+    variant = load_variant(opts.model)
+    device = opts.resolved_device()
+    home = torch.device("cpu") if opts.use_cpu_offload else device
+    with_text = parallel is None or parallel.is_main
+    overridden = all((opts.dit_weight, opts.vae_path, opts.text_encoder_path, opts.text_encoder_2_path))
+    if not overridden and detect_layout(opts.model_base, opts.model_resolution) == DIFFUSERS:
+        dit, vae, text = load_diffusers_components(opts, variant.dit, home, with_text=with_text)
+    else:
+        dit, vae, text = _load_official_components(opts, variant, home, with_text)
+    if opts.use_fp8 and not any(getattr(m, "fp8_scale", None) is not None for m in dit.modules()):
+        raise CheckpointError("--use-fp8 was given but the DiT checkpoint holds no float8 weights")
+    apply_lora_options(dit, opts)
+    parts = {"dit": dit, "vae": vae, **({"text_encoders": text} if text is not None else {})}
+    offload = ModelOffload(parts, device) if opts.use_cpu_offload else None
+    return HunyuanVideoPipeline(dit, vae, text, device=device, name=variant.name,
+                                defaults=variant.sampling, vae_tiling=opts.vae_tiling,
+                                offload=offload, parallel=parallel)
+
+
+def _load_official_components(opts: PipelineOptions, variant, home: torch.device, with_text: bool):
+    """(DiT, VAE, text encoders or None) from the official ``ckpts/`` layout."""
+    from hyvideo.dit.loader import load_dit
     from hyvideo.text import load_text_encoders
     from hyvideo.vae import load_vae
 
-    variant = load_variant(opts.model)
     paths = component_paths(opts)
-    device = opts.resolved_device()
-    home = torch.device("cpu") if opts.use_cpu_offload else device
     log.info("loading the DiT from %s", paths.dit)
     dit = load_dit(paths.dit, variant.dit, dtype=dtype_of(opts.precision), device=home,
                    load_key=opts.load_key, attention_backend=opts.attention)
-    if opts.use_fp8 and not any(getattr(m, "fp8_scale", None) is not None for m in dit.modules()):
-        raise CheckpointError(f"--use-fp8 was given but {paths.dit} holds no float8 weights")
     log.info("loading the VAE from %s", paths.vae)
     vae = load_vae(paths.vae, dtype=dtype_of(opts.vae_precision), device=home)
-    log.info("loading the text encoders from %s and %s", paths.text_encoder, paths.text_encoder_2)
-    text = load_text_encoders(
-        paths.text_encoder, paths.text_encoder_2, dtype=dtype_of(opts.text_encoder_precision),
-        dtype_2=dtype_of(opts.text_encoder_precision_2), device=home, text_len=opts.text_len,
-        hidden_state_skip_layer=opts.hidden_state_skip_layer,
-        apply_final_norm=opts.apply_final_norm, text_len_2=opts.text_len_2,
-    )
-    offload = ModelOffload({"dit": dit, "vae": vae, "text_encoders": text}, device) \
-        if opts.use_cpu_offload else None
-    return HunyuanVideoPipeline(dit, vae, text, device=device, name=variant.name,
-                                defaults=variant.sampling, vae_tiling=opts.vae_tiling, offload=offload)
+    text = None
+    if with_text:
+        log.info("loading the text encoders from %s and %s", paths.text_encoder, paths.text_encoder_2)
+        text = load_text_encoders(
+            paths.text_encoder, paths.text_encoder_2, dtype=dtype_of(opts.text_encoder_precision),
+            dtype_2=dtype_of(opts.text_encoder_precision_2), device=home, text_len=opts.text_len,
+            hidden_state_skip_layer=opts.hidden_state_skip_layer,
+            apply_final_norm=opts.apply_final_norm, text_len_2=opts.text_len_2,
+        )
+    return dit, vae, text
 
 
-def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0) -> HunyuanVideoPipeline:
+def apply_lora_options(dit: torch.nn.Module, opts: PipelineOptions) -> None:
+    """``opts.loras`` merged into the DiT (``lora_fuse``) or attached as switchable side branches."""
+    if opts.loras:
+        from hyvideo.lora import apply_loras
+
+        apply_loras(dit, opts.loras, fuse=opts.lora_fuse)
+
+
+def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0,
+                         parallel=None) -> HunyuanVideoPipeline:
     """Every component small and random, built in memory with the real structure (offline)."""
     from transformers import CLIPTextConfig, LlamaConfig
 
@@ -146,13 +186,16 @@ def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0) -> 
         dit = build_dit(variant.dit, dtype=torch.float32, device=device, attention_backend=opts.attention)
         _randomize(dit)
         vae = build_vae(VAEConfig.from_dict(spec["vae"]), device=device, dtype=torch.float32)
-    llm = random_llm_encoder(LlamaConfig(**spec["text_encoder"]),
-                             build_llava_llama3_tokenizer(llama3_tokenizer_json()),
-                             seed=seed, device=device)
-    clip = random_clip_encoder(CLIPTextConfig(**spec["text_encoder_2"]), offline_clip_tokenizer(),
-                               seed=seed, device=device)
-    return HunyuanVideoPipeline(dit, vae, TextEncoders(llm, clip), device=device, name=TINY,
-                                defaults=variant.sampling, vae_tiling=opts.vae_tiling)
+    text = None
+    if parallel is None or parallel.is_main:  # under parallelism only rank 0 encodes text
+        llm = random_llm_encoder(LlamaConfig(**spec["text_encoder"]),
+                                 build_llava_llama3_tokenizer(llama3_tokenizer_json()),
+                                 seed=seed, device=device)
+        clip = random_clip_encoder(CLIPTextConfig(**spec["text_encoder_2"]),
+                                   offline_clip_tokenizer(), seed=seed, device=device)
+        text = TextEncoders(llm, clip)
+    return HunyuanVideoPipeline(dit, vae, text, device=device, name=TINY, defaults=variant.sampling,
+                                vae_tiling=opts.vae_tiling, parallel=parallel)
 
 
 def _randomize(model: torch.nn.Module, std: float = 0.05) -> None:

@@ -60,7 +60,8 @@ def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
 def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSchedule,
             cond: Conditioning, *, negative: Conditioning | None = None, cfg_scale: float = 1.0,
             embedded_cfg_scale: float | None = 6.0,
-            callback: Callable[[StepInfo], None] | None = None) -> torch.Tensor:
+            callback: Callable[[StepInfo], None] | None = None,
+            cfg_parallel: Callable | None = None) -> torch.Tensor:
     """Integrate the flow from noise to clean latents.
 
     Args:
@@ -71,6 +72,8 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
         cfg_scale: real classifier-free guidance when > 1 (needs ``negative``); the DiT batch
             is then [negative; positive] and pred = u + cfg_scale * (c - u).
         embedded_cfg_scale: distilled guidance fed to the DiT (ignored by models without it).
+        cfg_parallel: with CFG, ``cfg_parallel(dit, x, t, states, mask, pooled, guidance)`` runs
+            the two halves of the batch on two rank groups (hyvideo.parallel.CfgParallel).
     Returns:
         [B, C, T, H, W] float32 final latents.
     """
@@ -93,7 +96,10 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
     for k in range(schedule.steps):
         t = timesteps[k].repeat(rows)  # float32 [rows]
         x = torch.cat([latents] * 2) if use_cfg else latents
-        out = dit(x, t, states, mask, pooled, guidance)
+        if use_cfg and cfg_parallel is not None:
+            out = cfg_parallel(dit, x, t, states, mask, pooled, guidance)
+        else:
+            out = dit(x, t, states, mask, pooled, guidance)
         pred = out
         if use_cfg:
             uncond, text = out.float().chunk(2)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hyvideo.config import SamplingDefaults
-from hyvideo.denoise import StepInfo, denoise
+from hyvideo.denoise import StepInfo, TextInputs, denoise
 from hyvideo.scheduler import FlowMatchSchedule
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,23 @@ class HunyuanVideoPipeline:
     """Text encoders, DiT and VAE wired together; devices moved by ``offload`` between stages."""
 
     def __init__(self, dit, vae, text_encoders, *, device: torch.device, name: str,
-                 defaults: SamplingDefaults, vae_tiling: bool = True, offload=None):
+                 defaults: SamplingDefaults, vae_tiling: bool = True, offload=None, parallel=None):
         self.dit, self.vae, self.text_encoders = dit, vae, text_encoders
         self.device = torch.device(device)
         self.name = name
         self.defaults = defaults
         self.vae_tiling = vae_tiling
         self.offload = offload  # hyvideo.offload.ModelOffload or None
+        self.parallel = parallel  # hyvideo.parallel.ParallelState or None (one process)
+        if parallel is not None:
+            from hyvideo.parallel import enable_sequence_parallel
+
+            enable_sequence_parallel(dit, parallel)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes outputs (always, without parallelism)."""
+        return self.parallel is None or self.parallel.is_main
 
     def request(self, prompt: str, **overrides) -> GenerationRequest:
         """A request with this model's sampling defaults."""
@@ -154,9 +164,18 @@ class HunyuanVideoPipeline:
         return self.offload.use(component) if self.offload else nullcontext()
 
     def encode_text(self, prompts: list[str], num_frames: int):
-        with self._use("text_encoders"):
-            cond = self.text_encoders.encode(prompts, num_frames=num_frames)
-        return cond.to(self.device)
+        """Text conditioning on this pipeline's device. Under parallelism the text encoders run
+        once, on rank 0 (the only rank that loads them), and the result is broadcast."""
+        cond = None
+        if self.is_main:
+            with self._use("text_encoders"):
+                cond = self.text_encoders.encode(prompts, num_frames=num_frames).to(self.device)
+        if self.parallel is None:
+            return cond
+        from hyvideo.parallel import broadcast_tensors
+
+        parts = [cond.states, cond.mask, cond.pooled] if cond is not None else None
+        return TextInputs(*broadcast_tensors(parts, device=self.device))
 
     @torch.inference_mode()
     def __call__(self, request: GenerationRequest, *, callback: Callable[[Progress], None] | None = None,
@@ -192,16 +211,26 @@ class HunyuanVideoPipeline:
             bar.update(1)
             emit(Progress("denoise", info.step + 1, info.steps, info))
 
+        cfg_parallel = None
+        if self.parallel is not None and self.parallel.config.cfg_degree == 2:
+            from hyvideo.parallel import CfgParallel
+
+            cfg_parallel = CfgParallel(self.parallel)
         try:
             with self._use("dit"):
                 return denoise(self.dit, noise, schedule, cond, negative=negative,
                                cfg_scale=request.cfg_scale,
-                               embedded_cfg_scale=request.embedded_cfg_scale, callback=on_step)
+                               embedded_cfg_scale=request.embedded_cfg_scale, callback=on_step,
+                               cfg_parallel=cfg_parallel)
         finally:
             bar.close()
 
-    def decode(self, latents: torch.Tensor, emit=None, show_progress: bool = True) -> torch.Tensor:
-        """Final latents [N, 16, T', H', W'] -> videos [N, 3, T, H, W] in [0, 1] on CPU."""
+    def decode(self, latents: torch.Tensor, emit=None, show_progress: bool = True) -> torch.Tensor | None:
+        """Final latents [N, 16, T', H', W'] -> videos [N, 3, T, H, W] in [0, 1] on CPU.
+
+        Under parallelism with tiling, every rank decodes a share of the tiles and rank 0 blends
+        them (other ranks return None); without tiling only rank 0 decodes.
+        """
         emit = emit or (lambda event: None)
         out = []
         with self._use("vae"):
@@ -209,7 +238,17 @@ class HunyuanVideoPipeline:
             for i in tqdm(range(latents.shape[0]), desc="decoding", disable=not show_progress, leave=False):
                 emit(Progress("decode", i, latents.shape[0]))
                 z = latents[i:i + 1].to(self.device, dtype) / self.vae.scaling_factor
-                pixels = self.vae.decode(z, tiling=self.vae_tiling)
-                out.append(((pixels.float() / 2 + 0.5).clamp(0, 1)).cpu())
+                pixels = self._decode_one(z)
+                if pixels is not None:
+                    out.append(((pixels.float() / 2 + 0.5).clamp(0, 1)).cpu())
         emit(Progress("decode", latents.shape[0], latents.shape[0]))
-        return torch.cat(out)
+        return torch.cat(out) if out else None
+
+    def _decode_one(self, z: torch.Tensor) -> torch.Tensor | None:
+        if self.parallel is None or self.parallel.world_size == 1:
+            return self.vae.decode(z, tiling=self.vae_tiling)
+        if self.vae_tiling:
+            from hyvideo.parallel import parallel_tiled_decode
+
+            return parallel_tiled_decode(self.vae, z, self.vae.tiling_config())
+        return self.vae.decode(z, tiling=False) if self.is_main else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,7 @@ class AttentionGroups:
 
     first_lens: tuple[int, ...]
     seq_len: int
+    num_img: int = 0  # image tokens at the start of the sequence (on this rank)
 
     @classmethod
     def from_text_mask(cls, num_img_tokens: int, text_mask: torch.Tensor | None,
@@ -44,9 +46,9 @@ class AttentionGroups:
         as in the reference)."""
         seq_len = num_img_tokens + text_len
         if text_mask is None:
-            return cls((seq_len,), seq_len)
+            return cls((seq_len,), seq_len, num_img_tokens)
         valid = text_mask.sum(dim=1).tolist()  # one host sync per forward
-        return cls(tuple(num_img_tokens + int(n) for n in valid), seq_len)
+        return cls(tuple(num_img_tokens + int(n) for n in valid), seq_len, num_img_tokens)
 
     def cu_seqlens(self, device: torch.device | None = None) -> torch.Tensor:
         """The reference's flash-attn boundaries: [0, f_0, S, S+f_1, 2S, ...] (int32)."""
@@ -81,7 +83,7 @@ def check_backend(backend: str) -> str:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               groups: AttentionGroups | None = None, *, mask: torch.Tensor | None = None,
-              backend: str = "sdpa") -> torch.Tensor:
+              backend: str | Callable = "sdpa") -> torch.Tensor:
     """Joint attention, either grouped (the DiT blocks) or with an explicit mask (the refiner).
 
     Args:
@@ -90,11 +92,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         mask: boolean [B, 1, S, S], True = may attend. The token refiner's small L x L
             attention uses it; it always runs through SDPA (``torch`` backend: explicit softmax),
             as the reference runs it in plain torch whatever the DiT's backend.
-        backend: ``sdpa``, ``flash`` or ``torch``.
+        backend: ``sdpa``, ``flash`` or ``torch``; or a callable ``backend(q, k, v, groups)``
+            for grouped attention across processes (sequence parallelism, hyvideo.parallel).
     Returns:
         [B, S, H*D]
     """
     b, s, h, d = q.shape
+    if callable(backend):
+        if mask is not None or groups is None:  # the refiner's local attention stays local
+            return attention(q, k, v, groups, mask=mask)
+        return backend(q, k, v, groups)
     if mask is not None:
         if backend == "torch":
             out = _softmax_attention(q, k, v, mask)

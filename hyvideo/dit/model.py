@@ -46,6 +46,14 @@ class HYVideoDiffusionTransformer(nn.Module):
             for _ in range(c.mm_single_blocks_depth)
         )
         self.final_layer = FinalLayer(h, c.patch_size, c.out_channels, **kw)
+        self.token_split = None  # set by set_parallel for sequence parallelism
+
+    def set_parallel(self, token_split, attention_backend) -> None:
+        """Sequence parallelism (see hyvideo.parallel): ``token_split.scatter`` keeps this rank's
+        image tokens and RoPE rows after patch embedding, ``token_split.gather`` collects the
+        final tokens, and the callable ``attention_backend`` attends across ranks."""
+        self.token_split = token_split
+        self.attention_backend = attention_backend
 
     @property
     def dtype(self) -> torch.dtype:
@@ -92,6 +100,8 @@ class HYVideoDiffusionTransformer(nn.Module):
                 raise ValueError("this model embeds guidance: pass guidance (embedded_cfg_scale*1000)")
             vec = vec + self.guidance_in(guidance)
         img = self.img_in(x.to(dtype))  # [B, N, C]
+        if self.token_split is not None:  # this rank's chunk: [B, N/P, C] and its RoPE rows
+            img, rope = self.token_split.scatter(img, rope)
         if c.text_projection == "single_refiner":
             refiner_mask = text_mask if c.use_attention_mask else None
             txt = self.txt_in(text_states.to(dtype), t, refiner_mask, self.attention_backend)
@@ -114,6 +124,8 @@ class HYVideoDiffusionTransformer(nn.Module):
         for block in self.single_blocks:
             x_tokens = block(x_tokens, vec, n_img, rope, groups, self.attention_backend)
         out = self.final_layer(x_tokens[:, :n_img], vec)  # [B, N, pt*ph*pw*C_out]
+        if self.token_split is not None:
+            out = self.token_split.gather(out)  # the one gather per forward
         return self.unpatchify(out, grid)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
