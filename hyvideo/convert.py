@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from hyvideo.config import DiTConfig
 
 _R = "context_embedder.token_refiner.refiner_blocks.{0}."
 _D = "transformer_blocks.{0}."
@@ -126,3 +131,132 @@ def dit_from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
             out[name] = tensor
             break
     return out
+
+
+# --- the diffusers transformer's config.json -----------------------------------------------------
+
+# diffusers ``HunyuanVideoTransformer3DModel`` argument -> official ``DiTConfig`` field (renames
+# only; ``hidden_size``, ``patch_size`` and ``qk_norm`` are derived below).
+DIT_CONFIG_NAMES: dict[str, str] = {
+    "in_channels": "in_channels",
+    "out_channels": "out_channels",
+    "num_attention_heads": "heads_num",
+    "num_layers": "mm_double_blocks_depth",
+    "num_single_layers": "mm_single_blocks_depth",
+    "num_refiner_layers": "token_refiner_depth",
+    "mlp_ratio": "mlp_width_ratio",
+    "guidance_embeds": "guidance_embed",
+    "text_embed_dim": "text_states_dim",
+    "pooled_projection_dim": "text_states_dim_2",
+    "rope_theta": "rope_theta",
+    "rope_axes_dim": "rope_dim_list",
+}
+# The class defaults, for a config.json that leaves a key out (save_pretrained writes them all).
+DIFFUSERS_DIT_DEFAULTS: dict[str, object] = {
+    "in_channels": 16, "out_channels": 16, "num_attention_heads": 24, "attention_head_dim": 128,
+    "num_layers": 20, "num_single_layers": 40, "num_refiner_layers": 2, "mlp_ratio": 4.0,
+    "patch_size": 2, "patch_size_t": 1, "qk_norm": "rms_norm", "guidance_embeds": True,
+    "text_embed_dim": 4096, "pooled_projection_dim": 768, "rope_theta": 256.0,
+    "rope_axes_dim": (16, 56, 56), "image_condition_type": None,
+}
+
+
+def dit_config_from_diffusers(config: Mapping[str, object]) -> DiTConfig:
+    """``transformer/config.json`` of the diffusers layout -> our :class:`DiTConfig`.
+
+    Raises ``ValueError`` for what the text-to-video DiT cannot be (an image-conditioned model,
+    a qk-norm other than RMS).
+    """
+    from hyvideo.config import DiTConfig
+
+    c = {**DIFFUSERS_DIT_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    if c["image_condition_type"] is not None:
+        raise ValueError(f"image_condition_type {c['image_condition_type']!r}: this is an image-to-video "
+                         "transformer; only the text-to-video HunyuanVideo DiT is supported")
+    if c["qk_norm"] != "rms_norm":
+        raise ValueError(f"qk_norm {c['qk_norm']!r} is not supported (HunyuanVideo uses rms_norm)")
+    values = {ours: c[theirs] for theirs, ours in DIT_CONFIG_NAMES.items()}
+    values["rope_dim_list"] = tuple(values["rope_dim_list"])
+    return DiTConfig(
+        hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
+        patch_size=(int(c["patch_size_t"]), int(c["patch_size"]), int(c["patch_size"])),
+        qk_norm=True, qk_norm_type="rms", **values,
+    )
+
+
+def dit_config_to_diffusers(config: DiTConfig) -> dict[str, object]:
+    """Our :class:`DiTConfig` -> ``HunyuanVideoTransformer3DModel`` keyword arguments."""
+    if config.patch_size[1] != config.patch_size[2]:
+        raise ValueError(f"diffusers needs a square spatial patch, got {config.patch_size}")
+    out: dict[str, object] = {theirs: getattr(config, ours) for theirs, ours in DIT_CONFIG_NAMES.items()}
+    out["rope_axes_dim"] = tuple(config.rope_dim_list)
+    out.update(attention_head_dim=config.head_dim, patch_size=config.patch_size[1],
+               patch_size_t=config.patch_size[0], qk_norm="rms_norm")
+    return out
+
+
+# --- single-file checkpoints ---------------------------------------------------------------------
+
+# Prefixes under which community single files (ComfyUI, training tools) store the official keys.
+SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "transformer.")
+_OFFICIAL_MARKER = "img_in.proj.weight"
+_DIFFUSERS_MARKER = "x_embedder.proj.weight"
+
+
+def official_dit_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Any DiT state dict we know -> official key names.
+
+    Official keys pass unchanged. A common prefix (``model.diffusion_model.``, ``diffusion_model.``,
+    ``model.``, ``transformer.``) is stripped; keys outside it (an all-in-one file's VAE or text
+    encoder) are dropped. diffusers keys (``x_embedder...``) are converted with the table.
+    """
+    if _OFFICIAL_MARKER in state or _DIFFUSERS_MARKER in state:
+        inner = dict(state)
+    else:
+        for prefix in SINGLE_FILE_PREFIXES:
+            if prefix + _OFFICIAL_MARKER in state or prefix + _DIFFUSERS_MARKER in state:
+                inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                break
+        else:
+            return dict(state)  # unknown: the strict load reports the keys
+    return dit_from_diffusers(inner) if _DIFFUSERS_MARKER in inner else inner
+
+
+# --- module names, for adapters (LoRA) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModuleTarget:
+    """Where a diffusers Linear lives in the official model.
+
+    ``rows`` is the slice of the official module's output rows it produces (None: all of them);
+    ``swap_halves`` marks the final layer's (scale, shift) -> (shift, scale) reordering.
+    """
+
+    module: str
+    rows: slice | None = None
+    swap_halves: bool = False
+
+
+def diffusers_module_targets(out_features: Mapping[str, int], hidden: int) -> dict[str, ModuleTarget]:
+    """diffusers Linear module name -> its place in the official model, from :data:`DIT_RULES`.
+
+    ``out_features`` maps each official Linear module name to its output width; ``hidden`` is the
+    model width (the single-block ``linear1`` is q, k, v of ``hidden`` rows each, then the MLP).
+    """
+    rules = [(_official_pattern(p), d, op) for p, d, op in DIT_RULES]
+    targets: dict[str, ModuleTarget] = {}
+    for name, width in out_features.items():
+        for pattern, names, op in rules:
+            m = pattern.match(name + ".weight")
+            if not m or m.groups()[-1] != "weight":
+                continue
+            idx = m.groups()[:-1]
+            mapped = [t.format(*idx).rstrip(".") for t in names]
+            if op == "split":
+                stops = torch.tensor(_split_sizes(width, len(mapped), hidden)).cumsum(0).tolist()
+                for target, start, stop in zip(mapped, [0, *stops[:-1]], stops, strict=True):
+                    targets[target] = ModuleTarget(name, slice(start, stop))
+            else:
+                targets[mapped[0]] = ModuleTarget(name, swap_halves=op == "swap")
+            break
+    return targets

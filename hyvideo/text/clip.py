@@ -131,15 +131,18 @@ def load_clip_encoder(
     dtype: torch.dtype = torch.float16,
     device: torch.device | str | None = None,
     max_length: int = 77,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> CLIPTextEncoder:
     """Load the CLIP text tower and tokenizer from ``ckpts/text_encoder_2``.
 
-    A float16 folder is upcast when ``dtype`` is float32.
+    A float16 folder is upcast when ``dtype`` is float32. ``tokenizer`` replaces the folder's
+    tokenizer files (the diffusers layout keeps them in ``tokenizer_2/``).
     """
     folder = Path(folder)
     config = clip_text_config(read_config(folder, CLIP_HINT), source=str(folder / "config.json"))
     files = weight_files(folder, CLIP_HINT)
-    tokenizer = load_clip_tokenizer(folder, max_length)
+    if tokenizer is None:
+        tokenizer = load_clip_tokenizer(folder, max_length)
     with torch.device("meta"):
         model = CLIPTextModel(config)
     state = read_weights(files, clip_key, dtype=dtype, device=device)
