@@ -193,7 +193,7 @@ BAD = [
     (["--prompt-file", "{badjsonl}"], "line 2: not valid JSON"),
     (["--prompt-file", "{prompts}", "--resume"], "--resume: no manifest at"),
     (["--prompt", "x", "--resolution", "720p-16:9", "--video-size", "64", "64"], "either --video-size or --resolution"),
-    (["--prompt", "x", "--ulysses-degree", "2"], "sequence parallelism"),
+    (["--prompt", "x", "--ulysses-degree", "2"], "1 were started; launch with torchrun --nproc_per_node=2"),
 ]
 
 
