@@ -72,6 +72,18 @@ def allowed_paths(output_dir: Path) -> list[str]:
     return [str(folder)]
 
 
+def start_parallel_server(args):
+    """Under torchrun: validate the degrees for the model's default size and join the group."""
+    from hyvideo.config import load_variant
+    from hyvideo.pipeline import GenerationRequest
+    from sample_video import parallel_config, start_parallel
+
+    variant = load_variant(args.model)
+    request = GenerationRequest.from_defaults(variant.sampling, prompt="x")
+    config = parallel_config(args, request, variant)
+    return start_parallel(config, args) if config else None
+
+
 def serve(args) -> int:
     from hyvideo.components import load_pipeline
     from hyvideo.loading import CheckpointError
@@ -83,16 +95,31 @@ def serve(args) -> int:
             raise
         return fail("the web demo needs Gradio: pip install gradio")
     try:
-        check_output_dir(args.output_dir)
-        pipe = load_pipeline(pipeline_options(args))
+        state = start_parallel_server(args)
+        if state is None or state.is_main:
+            check_output_dir(args.output_dir)
+        pipe = load_pipeline(pipeline_options(args), parallel=state)
     except (CheckpointError, ValueError) as exc:
         return fail(str(exc))
+    if state is not None:
+        from hyvideo.config import load_variant
+        from hyvideo.parallel import LeaderPipeline, follow
+
+        if not state.is_main:  # the other ranks run rank 0's requests in step with it
+            follow(pipe)
+            return 0
+        dit = load_variant(args.model).dit
+        pipe = LeaderPipeline(pipe, state, dit.heads_num, dit.patch_size)
     limits = Limits(max_pixels=args.max_pixels, max_frames=args.max_frames, max_steps=args.max_steps)
     demo = build_demo(pipe, output_dir=args.output_dir, limits=limits, queue_size=args.queue_size)
     if args.server_name not in LOOPBACK:
         log.warning("listening on %s: anyone who can reach this address can use the device", args.server_name)
-    demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share,
-                allowed_paths=allowed_paths(args.output_dir), show_error=False)
+    try:
+        demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share,
+                    allowed_paths=allowed_paths(args.output_dir), show_error=False)
+    finally:
+        if hasattr(pipe, "close"):  # under torchrun: let the following ranks exit too
+            pipe.close()
     return 0
 
 
@@ -104,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(variants).parse_args(argv)
     if args.model not in variants:
         return fail(f"unknown model {args.model!r}; choose one of: {', '.join(variants)}")
-    if args.ulysses_degree * args.ring_degree != 1:
-        return fail("sequence parallelism (--ulysses-degree/--ring-degree > 1) is not available in the web demo; use 1")
     if not 0 < args.server_port < 65536:
         return fail(f"--server-port {args.server_port} is not a port number (1-65535)")
     return serve(args)

@@ -121,3 +121,40 @@ def test_invalid_degrees_fail_before_loading(tmp_path, capsys, monkeypatch, worl
                               "--video-length", "9", *args, "--save-path", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
+
+
+def test_web_demo_under_torchrun_rank0_serves_and_cancel_reaches_every_rank(tmp_path):
+    """Rank 0 serves the page; rank 1 follows its requests; a cancel stops both ranks."""
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client
+
+    from hyvideo.video_io import read_mp4_frames
+    from tests.test_gradio import free_port, wait_for_progress, wait_until_up
+
+    port, log = free_port(), tmp_path / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "gradio_server.py", "--model", "tiny-random", "--ulysses-degree", "2",
+           "--server-port", str(port), "--output-dir", str(tmp_path / "videos"), "--max-steps", "2000"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/", proc, log)
+        c = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        small = {"resolution": "custom", "height": 32, "width": 48, "video_length": 5}
+        video, mp4, *_ = c.predict(api_name="/generate", prompt="a boat", infer_steps=2, **small)
+        assert read_mp4_frames(mp4).shape == (5, 32, 48, 3)
+        job = c.submit(api_name="/generate", prompt="long", infer_steps=2000, **small)
+        wait_for_progress(job)
+        assert c.predict(api_name="/cancel").startswith("Cancelled at denoising")
+        assert job.result()[4].startswith("Cancelled at denoising")
+        video, mp4, *_ = c.predict(api_name="/generate", prompt="after cancel", infer_steps=2, **small)
+        assert read_mp4_frames(mp4).shape == (5, 32, 48, 3)  # both ranks are free and in step
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
