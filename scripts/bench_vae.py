@@ -92,7 +92,27 @@ def write_weights(config: dict, folder: Path) -> Path:
     return folder / "pytorch_model.pt"
 
 
+def alternate_worker(args: argparse.Namespace) -> None:
+    """Ours and diffusers in one process, decodes alternated: machine load affects both alike."""
+    import statistics
+
+    mode = args.worker.split("-", 1)[1]
+    decodes = {who: _build(f"{who}-{mode}", _config(args), Path(args.weights), args)
+               for who in ("ours", "diffusers")}
+    z = torch.randn(*args.latent, generator=torch.Generator().manual_seed(1))
+    times: dict[str, list[float]] = {who: [] for who in decodes}
+    with torch.inference_mode():
+        for _ in range(args.alternate):
+            for who, decode in decodes.items():
+                start = time.perf_counter()
+                decode(z)
+                times[who].append(time.perf_counter() - start)
+    print(json.dumps({who: statistics.median(t) for who, t in times.items()}))
+
+
 def worker(args: argparse.Namespace) -> None:
+    if args.worker.startswith("alternate-"):
+        return alternate_worker(args)
     decode = _build(args.worker, _config(args), Path(args.weights), args)
     z = torch.randn(*args.latent, generator=torch.Generator().manual_seed(1))
     before_peak, before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, _rss_kib()
@@ -111,7 +131,7 @@ def run(variant: str, args: argparse.Namespace, weights: Path, out: Path) -> dic
            "--weights", str(weights),
            "--latent", ",".join(map(str, args.latent)), "--tile-size", str(args.tile_size),
            "--tile-frames", str(args.tile_frames), "--overlap", str(args.overlap),
-           "--manifest", str(args.manifest)]
+           "--manifest", str(args.manifest), "--alternate", str(args.alternate)]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
@@ -127,6 +147,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--manifest", default=str(MANIFEST))
+    parser.add_argument("--alternate", type=int, default=0,
+                        help="also time ours and diffusers alternately in one process, N rounds each")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -152,6 +174,12 @@ def main() -> None:
             diff = (outputs[f"ours-{mode}"] - outputs[f"diffusers-{mode}"]).abs().max().item()
             print(f"{mode:8s} ours/diffusers: time {a['seconds'] / b['seconds']:.2f}x, "
                   f"peak memory {a['peak_mib'] / b['peak_mib']:.2f}x, max|diff| {diff:.2e}")
+        if args.alternate:
+            for mode in ("untiled", "tiled"):
+                r = run(f"alternate-{mode}", args, weights, Path(tmp) / "unused.pt")
+                print(f"{mode:8s} alternated in one process ({args.alternate} rounds, median): ours "
+                      f"{r['ours']:.1f} s, diffusers {r['diffusers']:.1f} s, time {r['ours'] / r['diffusers']:.2f}x",
+                      flush=True)
     for who in ("ours", "diffusers"):
         a, b = results.get(f"{who}-tiled"), results.get(f"{who}-untiled")
         if a and b:
