@@ -7,6 +7,7 @@ before minutes of loading.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -171,8 +172,6 @@ def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0,
 
     from hyvideo.dit.loader import build_dit
     from hyvideo.text import TextEncoders, random_clip_encoder, random_llm_encoder
-    from hyvideo.text.tokenizer import build_llava_llama3_tokenizer, llama3_tokenizer_json
-    from hyvideo.text.clip_vocab import offline_clip_tokenizer
     from hyvideo.vae import VAEConfig, build_vae
 
     opts = opts or PipelineOptions(model=TINY)
@@ -188,14 +187,23 @@ def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0,
         vae = build_vae(VAEConfig.from_dict(spec["vae"]), device=device, dtype=torch.float32)
     text = None
     if parallel is None or parallel.is_main:  # under parallelism only rank 0 encodes text
-        llm = random_llm_encoder(LlamaConfig(**spec["text_encoder"]),
-                                 build_llava_llama3_tokenizer(llama3_tokenizer_json()),
+        llm_tokenizer, clip_tokenizer = _tiny_tokenizers()
+        llm = random_llm_encoder(LlamaConfig(**spec["text_encoder"]), llm_tokenizer,
                                  seed=seed, device=device)
-        clip = random_clip_encoder(CLIPTextConfig(**spec["text_encoder_2"]),
-                                   offline_clip_tokenizer(), seed=seed, device=device)
+        clip = random_clip_encoder(CLIPTextConfig(**spec["text_encoder_2"]), clip_tokenizer,
+                                   seed=seed, device=device)
         text = TextEncoders(llm, clip)
     return HunyuanVideoPipeline(dit, vae, text, device=device, name=TINY, defaults=variant.sampling,
                                 vae_tiling=opts.vae_tiling, parallel=parallel)
+
+
+@functools.cache
+def _tiny_tokenizers():
+    """The real llava Llama-3 and CLIP tokenizers, rebuilt offline once per process (seconds)."""
+    from hyvideo.text.clip_vocab import offline_clip_tokenizer
+    from hyvideo.text.tokenizer import build_llava_llama3_tokenizer, llama3_tokenizer_json
+
+    return build_llava_llama3_tokenizer(llama3_tokenizer_json()), offline_clip_tokenizer()
 
 
 def _randomize(model: torch.nn.Module, std: float = 0.05) -> None:
