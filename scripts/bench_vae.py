@@ -162,7 +162,12 @@ def main() -> None:
     results, outputs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = write_weights(_config(args), Path(tmp) / "vae")
-        for variant in args.variants.split(","):
+        for mode in ("untiled", "tiled") if args.alternate else ():
+            r = run(f"alternate-{mode}", args, weights, Path(tmp) / "unused.pt")
+            print(f"{mode:8s} alternated in one process ({args.alternate} rounds, median): ours "
+                  f"{r['ours']:.1f} s, diffusers {r['diffusers']:.1f} s, time {r['ours'] / r['diffusers']:.2f}x",
+                  flush=True)
+        for variant in filter(None, args.variants.split(",")):
             results[variant] = r = run(variant, args, weights, Path(tmp) / f"{variant}.pt")
             outputs[variant] = torch.load(Path(tmp) / f"{variant}.pt", weights_only=True)
             flag = "" if r["new_peak"] else "  (no new peak in the decode: an upper bound)"
@@ -174,12 +179,6 @@ def main() -> None:
             diff = (outputs[f"ours-{mode}"] - outputs[f"diffusers-{mode}"]).abs().max().item()
             print(f"{mode:8s} ours/diffusers: time {a['seconds'] / b['seconds']:.2f}x, "
                   f"peak memory {a['peak_mib'] / b['peak_mib']:.2f}x, max|diff| {diff:.2e}")
-        if args.alternate:
-            for mode in ("untiled", "tiled"):
-                r = run(f"alternate-{mode}", args, weights, Path(tmp) / "unused.pt")
-                print(f"{mode:8s} alternated in one process ({args.alternate} rounds, median): ours "
-                      f"{r['ours']:.1f} s, diffusers {r['diffusers']:.1f} s, time {r['ours'] / r['diffusers']:.2f}x",
-                      flush=True)
     for who in ("ours", "diffusers"):
         a, b = results.get(f"{who}-tiled"), results.get(f"{who}-untiled")
         if a and b:
