@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sample_video import add_model_args, fail, pipeline_options
+from sample_video import add_model_args, check_save_path, fail, pipeline_options
 
 log = logging.getLogger("gradio_server")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -52,12 +52,7 @@ def build_parser(variants: list[str]) -> argparse.ArgumentParser:
 
 
 def check_output_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create --output-dir {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"--output-dir {path} is not writable; choose another folder")
+    check_save_path(path, flag="--output-dir")
 
 
 def allowed_paths(output_dir: Path) -> list[str]:

@@ -216,13 +216,14 @@ def make_jobs(args, request):
     return jobs
 
 
-def check_save_path(path: Path) -> None:
+def check_save_path(path: Path, flag: str = "--save-path") -> None:
+    """Create the output folder now and check it is writable (before any model loads)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"cannot create --save-path {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot create {flag} {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK):
-        raise ValueError(f"--save-path {path} is not writable; choose another folder")
+        raise ValueError(f"{flag} {path} is not writable; choose another folder")
 
 
 def write_output(result, index: int, job, args, pipe, extra: dict | None = None) -> tuple[Path, dict]:
