@@ -8,20 +8,12 @@ from typing import Protocol
 
 import torch
 
+from hyvideo.conditioning import TextConditioning  # noqa: F401  (re-exported for callers)
 from hyvideo.scheduler import FlowMatchSchedule
 
 
 class Conditioning(Protocol):
     """Text conditioning for one prompt batch: states [B, L, D], mask [B, L], pooled [B, D2]."""
-
-    states: torch.Tensor
-    mask: torch.Tensor
-    pooled: torch.Tensor
-
-
-@dataclass(frozen=True)
-class TextInputs:
-    """A plain :class:`Conditioning` (also what the text encoders return)."""
 
     states: torch.Tensor
     mask: torch.Tensor

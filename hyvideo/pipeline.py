@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hyvideo.config import SamplingDefaults
-from hyvideo.denoise import StepInfo, TextInputs, denoise
+from hyvideo.conditioning import TextConditioning
+from hyvideo.denoise import StepInfo, denoise
 from hyvideo.scheduler import FlowMatchSchedule
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class HunyuanVideoPipeline:
         from hyvideo.parallel import broadcast_tensors
 
         parts = [cond.states, cond.mask, cond.pooled] if cond is not None else None
-        return TextInputs(*broadcast_tensors(parts, device=self.device))
+        return TextConditioning(*broadcast_tensors(parts, device=self.device))
 
     @torch.inference_mode()
     def __call__(self, request: GenerationRequest, *, callback: Callable[[Progress], None] | None = None,

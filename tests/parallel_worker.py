@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from hyvideo.parallel import (CfgParallel, ParallelConfig, enable_sequence_parallel, init_parallel)
-from hyvideo.denoise import TextInputs, denoise
+from hyvideo.conditioning import TextConditioning
+from hyvideo.denoise import denoise
 from hyvideo.scheduler import FlowMatchSchedule
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
@@ -40,8 +41,8 @@ def main(mode: str, out: str, u: int, r: int, cfg_degree: int) -> None:
             result = {"out": dit(x, t, states, mask, pooled, guidance)}
         else:  # a short denoising run, with real CFG when cfg_degree is 2
             schedule = FlowMatchSchedule.create(3, 5.0)
-            pos = TextInputs(states[:1], mask[:1], pooled[:1])
-            neg = TextInputs(states[1:], mask[1:], pooled[1:])
+            pos = TextConditioning(states[:1], mask[:1], pooled[:1])
+            neg = TextConditioning(states[1:], mask[1:], pooled[1:])
             cfg = CfgParallel(state) if cfg_degree > 1 else None
             result = {"latents": denoise(dit, x[:1], schedule, pos, negative=neg, cfg_scale=4.0,
                                          embedded_cfg_scale=6.0, cfg_parallel=cfg)}

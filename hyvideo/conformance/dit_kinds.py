@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from hyvideo.config import DiTConfig
-from hyvideo.denoise import StepInfo, TextInputs, denoise
+from hyvideo.conditioning import TextConditioning
+from hyvideo.denoise import StepInfo, denoise
 from hyvideo.dit.fp8 import FP8_DTYPE, fp8_layer_names
 from hyvideo.dit.loader import build_dit, load_dit
 from hyvideo.dit.rope import rope_tables
@@ -82,10 +83,10 @@ def run_sampling(case: Case) -> dict[str, torch.Tensor]:
     config = dit_config(case.config, s)
     model = load_dit(case.path / "weights.safetensors", config, dtype=torch.float32)
     schedule = FlowMatchSchedule.create(s["num_inference_steps"], s["flow_shift"], s["flow_reverse"])
-    cond = TextInputs(case["prompt_embeds"], case["prompt_mask"], case["prompt_embeds_2"])
+    cond = TextConditioning(case["prompt_embeds"], case["prompt_mask"], case["prompt_embeds_2"])
     negative = None
     if "negative_prompt_embeds" in case:
-        negative = TextInputs(case["negative_prompt_embeds"], case["negative_prompt_mask"],
+        negative = TextConditioning(case["negative_prompt_embeds"], case["negative_prompt_mask"],
                               case["negative_prompt_embeds_2"])
     out: dict[str, torch.Tensor] = {"timesteps": schedule.timesteps, "sigmas": schedule.sigmas}
 

@@ -102,3 +102,11 @@ def materialized(model: nn.Module, what: str) -> nn.Module:
     if left:
         raise RuntimeError(f"{what}: tensors left on the meta device after loading: {left[:5]}")
     return model.eval().requires_grad_(False)
+
+
+def seeded_random(build, config, *, seed: int, device, dtype) -> nn.Module:
+    """``build(config)`` with random weights from ``seed``, leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(config)
+    return model.to(device=device, dtype=dtype)

@@ -21,6 +21,7 @@ from hyvideo.text.checkpoint import (
     materialized,
     read_config,
     read_weights,
+    seeded_random,
     weight_files,
 )
 from hyvideo.text.tokenizer import load_clip_tokenizer
@@ -161,8 +162,5 @@ def random_clip_encoder(
     max_length: int = 77,
 ) -> CLIPTextEncoder:
     """A randomly initialised CLIP text tower (tests, tiny demos); global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPTextModel(config)
-    model = model.to(device=device, dtype=dtype)
+    model = seeded_random(CLIPTextModel, config, seed=seed, device=device, dtype=dtype)
     return CLIPTextEncoder(materialized(model, "random CLIP"), tokenizer, max_length)

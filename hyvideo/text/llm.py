@@ -29,6 +29,7 @@ from hyvideo.text.checkpoint import (
     materialized,
     read_config,
     read_weights,
+    seeded_random,
     weight_files,
 )
 from hyvideo.text.prompts import IMAGE_TEMPLATE, VIDEO_TEMPLATE, PromptTemplate, template_for_frames
@@ -241,8 +242,5 @@ def random_llm_encoder(
     settings: LLMEncodeSettings = LLMEncodeSettings(),
 ) -> LLMTextEncoder:
     """A randomly initialised encoder (tests, tiny demos); the global RNG is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaModel(config)
-    model = model.to(device=device, dtype=dtype)
+    model = seeded_random(LlamaModel, config, seed=seed, device=device, dtype=dtype)
     return LLMTextEncoder(materialized(model, "random LLM"), tokenizer, settings)
