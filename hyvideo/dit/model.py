@@ -114,19 +114,26 @@ class HYVideoDiffusionTransformer(nn.Module):
             # output: drop it. With one prompt length per batch no mask is left at all.
             longest = int(mask.sum(dim=1).max())
             txt, mask = txt[:, :longest], mask[:, :longest]
-        n_img, n_txt = img.shape[1], txt.shape[1]
-        groups = AttentionGroups.from_text_mask(n_img, mask, n_txt)
+        groups = AttentionGroups.from_text_mask(img.shape[1], mask, txt.shape[1])
 
+        img = self.run_blocks(img, txt, vec, rope, groups)
+        out = self.final_layer(img, vec)  # [B, N, pt*ph*pw*C_out]
+        if self.token_split is not None:
+            out = self.token_split.gather(out)  # the one gather per forward
+        return self.unpatchify(out, grid)
+
+    def run_blocks(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope,
+                   groups: AttentionGroups) -> torch.Tensor:
+        """Every double then single block; returns the image tokens [B, N, C] only (the final
+        layer never reads the text tokens). The seam step caches (hyvideo.cache) wrap."""
+        n_img = img.shape[1]
         for block in self.double_blocks:
             img, txt = block(img, txt, vec, rope, groups, self.attention_backend)
         x_tokens = torch.cat([img, txt], dim=1)  # [B, N+L, C]
         del img, txt
         for block in self.single_blocks:
             x_tokens = block(x_tokens, vec, n_img, rope, groups, self.attention_backend)
-        out = self.final_layer(x_tokens[:, :n_img], vec)  # [B, N, pt*ph*pw*C_out]
-        if self.token_split is not None:
-            out = self.token_split.gather(out)  # the one gather per forward
-        return self.unpatchify(out, grid)
+        return x_tokens[:, :n_img]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, T'H'W', pt*ph*pw*C] -> [B, C, T'pt, H'ph, W'pw] (the reference's layout)."""
