@@ -43,8 +43,9 @@ def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
                                 ("--text-encoder-precision", "fp16", "LLM text encoder"),
                                 ("--text-encoder-precision-2", "fp16", "CLIP text encoder")):
         g.add_argument(flag, default=default, choices=["fp32", "fp16", "bf16"], help=f"{what} precision (default {default})")
-    g.add_argument("--attention", default="sdpa", choices=["sdpa", "flash"],
-                   help="attention kernel: PyTorch SDPA (any device) or flash-attn varlen (must be installed)")
+    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash", "flex", "sage"],
+                   help="attention kernel (default auto: the fastest exact one for the device; "
+                   "flash and sage must be installed; sage is approximate, 8-bit QK)")
     g.add_argument("--device", help="device to run on (default: the available accelerator, else cpu)")
     g.add_argument("--use-cpu-offload", action="store_true",
                    help="keep every component in CPU memory and move each to the device only for its stage "

@@ -58,7 +58,7 @@ class PipelineOptions:
     use_fp8: bool = False
     vae_tiling: bool = True
     use_cpu_offload: bool = False
-    attention: str = "sdpa"
+    attention: str = "auto"
     text_len: int = 256
     hidden_state_skip_layer: int = 2
     apply_final_norm: bool = False

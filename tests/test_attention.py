@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyvideo.dit.attention import AttentionGroups, attention, check_backend, flash_available, group_mask
+from hyvideo.dit.attention import (AttentionGroups, attention, check_backend, flash_available, group_block_mask,
+                                   group_mask, resolve_backend, sage_available)
 from hyvideo.dit.model import HYVideoDiffusionTransformer
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
@@ -29,7 +30,7 @@ def _explicit(q, k, v, first_lens):
 
 
 @pytest.mark.parametrize("first_lens", [(23, 23, 23), (15, 20, 23), (12, 12, 17)])
-@pytest.mark.parametrize("backend", ["sdpa", "torch"])
+@pytest.mark.parametrize("backend", ["sdpa", "torch", "auto", "flex"])
 def test_grouped_attention_matches_explicit_softmax(first_lens, backend):
     q, k, v = _qkv()
     groups = AttentionGroups(first_lens, 23)
@@ -104,9 +105,51 @@ def test_dit_sdpa_equals_explicit_backend_on_padded_batch():
         torch.testing.assert_close(sdpa(*inputs), ref(*inputs), atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not flash_available(), reason="needs CUDA and flash_attn")
-def test_flash_backend_matches_sdpa_on_gpu():
-    q, k, v = (t.cuda().half() for t in _qkv(b=2, s=64, h=2, d=64))
-    groups = AttentionGroups((40, 64), 64)
-    torch.testing.assert_close(attention(q, k, v, groups, backend="flash"),
-                               attention(q, k, v, groups, backend="sdpa"), atol=2e-3, rtol=2e-3)
+@pytest.mark.parametrize("first_lens,seq_len", [((300, 260), 300), ((250, 129, 1), 300), ((128, 256), 256)])
+def test_flex_block_mask_is_the_group_mask(first_lens, seq_len):
+    """Full blocks, skipped blocks and element-wise masked blocks together give exactly the
+    reference's two-group mask (block boundaries on, before and after the split)."""
+    dense = group_block_mask(first_lens, seq_len, torch.device("cpu")).to_dense()  # block level
+    want = group_mask(first_lens, seq_len)  # [B, 1, S, S]
+    block = 128
+    for b, first in enumerate(first_lens):
+        for i in range(dense.shape[2]):
+            for j in range(dense.shape[3]):
+                tile = want[b, 0, i * block:(i + 1) * block, j * block:(j + 1) * block]
+                assert bool(dense[b, 0, i, j]) == bool(tile.any()), (b, i, j)
+    q, k, v = _qkv(b=len(first_lens), s=seq_len, h=2, d=16, seed=3)
+    got = attention(q, k, v, AttentionGroups(first_lens, seq_len), backend="flex")
+    ref = attention(q, k, v, AttentionGroups(first_lens, seq_len), backend="torch")
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_picks_an_exact_kernel_for_the_device():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_backend("auto", cpu, uniform=True) == "sdpa"
+    assert resolve_backend("auto", cpu, uniform=False) == "sdpa"
+    assert resolve_backend("auto", gpu, uniform=True) == "sdpa"
+    assert resolve_backend("auto", gpu, uniform=False) == ("flash" if flash_available() else "flex")
+    assert resolve_backend("flex", cpu, uniform=True) == "flex"  # an explicit choice stays
+
+
+@pytest.mark.skipif(sage_available(), reason="sageattention is installed here")
+def test_missing_sage_is_an_error_not_a_fallback():
+    with pytest.raises(RuntimeError, match="sageattention is not installed"):
+        HYVideoDiffusionTransformer(tiny_config(), attention_backend="sage", device="meta")
+
+
+GPU = torch.accelerator.is_available()
+
+
+@pytest.mark.skipif(not GPU, reason="needs an accelerator")
+@pytest.mark.parametrize("backend", ["flash", "flex", "sage", "auto"])
+@pytest.mark.parametrize("first_lens", [(64, 64), (40, 64)])
+def test_gpu_backends_match_sdpa(backend, first_lens):
+    if backend == "flash" and not flash_available() or backend == "sage" and not sage_available():
+        pytest.skip(f"{backend} is not installed")
+    device = torch.accelerator.current_accelerator()
+    q, k, v = (t.to(device, torch.float16) for t in _qkv(b=2, s=64, h=2, d=64))
+    groups = AttentionGroups(first_lens, 64)
+    tol = 3e-2 if backend == "sage" else 2e-3  # sage quantizes q and k to int8
+    torch.testing.assert_close(attention(q, k, v, groups, backend=backend),
+                               attention(q, k, v, groups, backend="sdpa"), atol=tol, rtol=tol)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from hyvideo.conformance import Case, run_case, run_manifest
+from hyvideo.dit.attention import flash_available, sage_available
 from tests.conftest import ROOT, cases_of_kind, conformance_root
 
 KINDS = ("dit", "fp8", "rope", "scheduler", "sampling")
@@ -26,6 +29,43 @@ def _params():
 def test_case_passes(conformance, case_dir):
     result = run_case(Case.open(case_dir))
     assert result.passed, result.line()
+
+
+def _backends():
+    """Every attention path that can run on this machine (and its accelerator, if any)."""
+    params = [("flex", "cpu"), ("auto", "cpu"), ("torch", "cpu")]
+    if torch.accelerator.is_available():
+        device = str(torch.accelerator.current_accelerator())
+        params += [(b, device) for b in ("sdpa", "flex", "auto")]
+        params += [(b, device) for b, ok in (("flash", flash_available()), ("sage", sage_available())) if ok]
+    elif flash_available():
+        params.append(("flash", "cpu"))  # errors loudly if its kernels need a GPU
+    return [pytest.param(b, d, id=f"{b}-{d}") for b, d in params]
+
+
+@pytest.mark.parametrize("attention,device", _backends())
+@pytest.mark.parametrize("kind", ["dit", "fp8", "sampling"])
+def test_every_attention_path_passes_the_dit_cases(conformance, kind, attention, device):
+    """The sdpa default runs in test_case_passes; every other path must pass the same cases (in
+    float32 with TF32 off on an accelerator, as the goldens are float32 CPU results)."""
+    if attention == "sage":
+        pytest.skip("sage quantizes q and k to int8: checked against sdpa in test_attention")
+    cases = cases_of_kind(conformance, kind)
+    assert cases, f"no {kind} cases"
+    with _no_tf32():
+        for case_dir in cases:
+            result = run_case(Case.open(case_dir), attention=attention, device=device)
+            assert result.passed, result.line()
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.mark.parametrize("name", ["dit_HYVideo-T2-cfgdistill", "dit_HYVideo-T2"])

@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from hyvideo.dit.attention import BACKENDS
 from hyvideo.conformance.core import Case, discover, run_case, run_manifest
 
 
@@ -18,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hyvideo.conformance", description=__doc__)
     parser.add_argument("paths", nargs="+", help="conformance folders, case folders or manifests")
     parser.add_argument("--kind", action="append", help="run only these kinds (repeatable)")
+    parser.add_argument("--attention", default="sdpa", choices=BACKENDS,
+                        help="attention backend for the DiT kinds (default sdpa)")
+    parser.add_argument("--device", default="cpu", help="device for the DiT kinds (default cpu)")
     args = parser.parse_args(argv)
 
     # The goldens are float32 CPU results; TF32 would exceed their tolerances on a GPU.
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         case = Case.open(path)
         if args.kind and case.kind not in args.kind:
             continue
-        result = run_case(case)
+        result = run_case(case, attention=args.attention, device=args.device)
         print(result.line(), flush=True)
         passed, failed = passed + result.passed, failed + (not result.passed)
     for path in manifests:

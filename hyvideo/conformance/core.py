@@ -9,6 +9,7 @@ own loaders and modules. The comparison is the same for every kind: the worst el
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -128,13 +129,20 @@ def _resolve(spec: str):
     return getattr(importlib.import_module(module), func)
 
 
-def run_case(case: Case) -> Result:
-    """Run one case through its kind's runner and compare every listed output."""
+def run_case(case: Case, **options: Any) -> Result:
+    """Run one case through its kind's runner and compare every listed output.
+
+    ``options`` (e.g. ``attention="flex"``, ``device="cuda"``) reach the runners that take
+    them (the DiT kinds); the others ignore them.
+    """
     spec = RUNNERS.get(case.kind)
     if spec is None:
         return Result(case.kind, case.name, math.inf, "error: kind not implemented")
     try:
-        got = _resolve(spec)(case)
+        runner = _resolve(spec)
+        accepted = inspect.signature(runner).parameters
+        got = runner(case, **{k: v for k, v in options.items() if k in accepted})
+        got = {name: t.cpu() if isinstance(t, torch.Tensor) else t for name, t in got.items()}
     except Exception as exc:  # a runner failure is a FAIL line, not a crash of the whole run
         return Result(case.kind, case.name, math.inf, f"error: {type(exc).__name__}: {exc}")
     tol = case.meta.get("tolerance", {})

@@ -28,23 +28,26 @@ def dit_config(case_config: dict[str, Any], settings: dict[str, Any]) -> DiTConf
     return DiTConfig.from_dict(cfg)
 
 
-def _forward(case: Case, weights_file: str) -> dict[str, torch.Tensor]:
+def _forward(case: Case, weights_file: str, attention: str, device: str) -> dict[str, torch.Tensor]:
     config = dit_config(case.config, case.settings)
-    model = load_dit(case.path / weights_file, config, dtype=torch.float32)
+    model = load_dit(case.path / weights_file, config, dtype=torch.float32, device=device,
+                     attention_backend=attention)
+    names = ("x", "t", "text_states", "text_mask", "text_states_2")
+    inputs = [case[n].to(device) for n in names]
+    guidance = case["guidance"].to(device) if "guidance" in case else None
     with torch.inference_mode():
-        out = model(case["x"], case["t"], case["text_states"], case["text_mask"],
-                    case["text_states_2"], case["guidance"] if "guidance" in case else None)
+        out = model(*inputs, guidance)
     return {"out.x": out}
 
 
-def run_dit(case: Case) -> dict[str, torch.Tensor]:
-    return _forward(case, "weights.safetensors")
+def run_dit(case: Case, attention: str = "sdpa", device: str = "cpu") -> dict[str, torch.Tensor]:
+    return _forward(case, "weights.safetensors", attention, device)
 
 
-def run_fp8(case: Case) -> dict[str, torch.Tensor]:
+def run_fp8(case: Case, attention: str = "sdpa", device: str = "cpu") -> dict[str, torch.Tensor]:
     # The official container and map (``*_fp8.pt`` + ``*_fp8_map.pt``) when present.
     official = sorted(case.path.glob("*_fp8.pt"))
-    return _forward(case, official[0].name if official else "weights.safetensors")
+    return _forward(case, official[0].name if official else "weights.safetensors", attention, device)
 
 
 def latent_grid(video_length: int, height: int, width: int) -> tuple[int, int, int]:
@@ -78,16 +81,19 @@ def run_scheduler(case: Case) -> dict[str, torch.Tensor]:
     return out
 
 
-def run_sampling(case: Case) -> dict[str, torch.Tensor]:
+def run_sampling(case: Case, attention: str = "sdpa", device: str = "cpu") -> dict[str, torch.Tensor]:
     s = case.settings
     config = dit_config(case.config, s)
-    model = load_dit(case.path / "weights.safetensors", config, dtype=torch.float32)
+    model = load_dit(case.path / "weights.safetensors", config, dtype=torch.float32, device=device,
+                     attention_backend=attention)
     schedule = FlowMatchSchedule.create(s["num_inference_steps"], s["flow_shift"], s["flow_reverse"])
-    cond = TextConditioning(case["prompt_embeds"], case["prompt_mask"], case["prompt_embeds_2"])
-    negative = None
-    if "negative_prompt_embeds" in case:
-        negative = TextConditioning(case["negative_prompt_embeds"], case["negative_prompt_mask"],
-                              case["negative_prompt_embeds_2"])
+    def conditioning(prefix: str) -> TextConditioning:
+        return TextConditioning(case[f"{prefix}prompt_embeds"].to(device),
+                                case[f"{prefix}prompt_mask"].to(device),
+                                case[f"{prefix}prompt_embeds_2"].to(device))
+
+    cond = conditioning("")
+    negative = conditioning("negative_") if "negative_prompt_embeds" in case else None
     out: dict[str, torch.Tensor] = {"timesteps": schedule.timesteps, "sigmas": schedule.sigmas}
 
     def record(info: StepInfo) -> None:
@@ -99,7 +105,7 @@ def run_sampling(case: Case) -> dict[str, torch.Tensor]:
 
     with torch.inference_mode():
         out["final_latents"] = denoise(
-            model, case["init_latents"], schedule, cond, negative=negative,
+            model, case["init_latents"].to(device), schedule, cond, negative=negative,
             cfg_scale=float(s.get("cfg_scale", 1.0)),
             embedded_cfg_scale=s.get("embedded_guidance_scale"), callback=record,
         )

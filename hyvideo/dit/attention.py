@@ -4,12 +4,22 @@ The reference calls flash-attn's varlen kernel on the joint sequence ``[image | 
 ``cu_seqlens = [0, N+n_0, N+L, (N+L)+N+n_1, 2(N+L), ...]``: for batch item ``b`` with ``n_b``
 valid text tokens, the ``N`` image tokens and the valid text tokens attend only to each other,
 and the ``L-n_b`` padding tokens form a second group that attends only among itself. Padding
-therefore never influences image or valid text tokens. Every backend here computes exactly that:
+therefore never influences image or valid text tokens. The DiT drops the padding past the
+longest prompt before the blocks, so with one prompt length per batch (always with batch 1)
+there is a single group and no mask at all. Every backend computes exactly the reference:
 
-* ``sdpa`` (default, any device): PyTorch's ``scaled_dot_product_attention`` run on each group
-  without any mask. Items with the same valid length are batched together, so the fast fused
-  kernels (flash / cuDNN / memory-efficient) apply and no ``S x S`` mask is ever built.
-* ``flash``: ``flash_attn_varlen_func`` with the reference's ``cu_seqlens`` (needs ``flash_attn``).
+* ``sdpa`` (any device): PyTorch's ``scaled_dot_product_attention``. One group: a plain call,
+  so the fastest fused kernels (flash / cuDNN / memory-efficient) apply. Mixed lengths: SDPA
+  on each group, items with the same length batched together -- still no mask, because an
+  ``S x S`` mask would force the slower kernels and cost ``O(S^2)`` memory.
+* ``flash``: flash-attn; ``flash_attn_varlen_func`` with the reference's ``cu_seqlens`` for
+  mixed lengths (needs ``flash_attn``).
+* ``flex``: ``flex_attention`` with a block mask built from the two groups (full blocks are
+  skipped, only the blocks straddling a group boundary are masked); compiled on first use.
+* ``sage``: SageAttention's 8-bit QK kernels (``sageattn`` / ``sageattn_varlen``; needs
+  ``sageattention`` and a CUDA GPU). Approximate by design, so never picked by ``auto``.
+* ``auto``: resolved per call from the device and the groups: one group -> ``sdpa``; mixed
+  lengths on an accelerator -> ``flash`` if installed, else ``flex``; on the CPU -> ``sdpa``.
 * ``torch``: an explicit masked softmax, for tests only (memory ``O(S^2)``).
 
 A backend that is requested but not installed is an error, never a silent fallback.
@@ -17,6 +27,7 @@ A backend that is requested but not installed is an error, never a silent fallba
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from collections.abc import Callable
@@ -25,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("sdpa", "flash", "torch")
+BACKENDS = ("auto", "sdpa", "flash", "flex", "sage", "torch")
 
 
 @dataclass(frozen=True)
@@ -69,16 +80,40 @@ def flash_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+def sage_available() -> bool:
+    return importlib.util.find_spec("sageattention") is not None
+
+
+def flex_available() -> bool:
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+_INSTALL = {
+    "flash": (flash_available, "flash_attn is not installed (pip install flash-attn)"),
+    "sage": (sage_available, "sageattention is not installed (pip install sageattention; CUDA only)"),
+    "flex": (flex_available, "this torch has no torch.nn.attention.flex_attention (torch >= 2.5)"),
+}
+
+
 def check_backend(backend: str) -> str:
     """Validate a backend name once, at model construction; raise if it cannot run here."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "flash" and not flash_available():
-        raise RuntimeError(
-            "attention backend 'flash' was requested but flash_attn is not installed "
-            "(pip install flash-attn), or use --attention sdpa"
-        )
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend in _INSTALL and not _INSTALL[backend][0]():
+        raise RuntimeError(f"attention backend {backend!r} was requested but "
+                           f"{_INSTALL[backend][1]}; or use --attention auto")
     return backend
+
+
+def resolve_backend(backend: str, device: torch.device, uniform: bool) -> str:
+    """The concrete kernel ``auto`` stands for, for this device and grouping (see module doc)."""
+    if backend != "auto":
+        return backend
+    if uniform or device.type == "cpu":
+        return "sdpa"
+    if flash_available() and device.type == "cuda":
+        return "flash"
+    return "flex" if flex_available() else "sdpa"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -92,7 +127,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         mask: boolean [B, 1, S, S], True = may attend. The token refiner's small L x L
             attention uses it; it always runs through SDPA (``torch`` backend: explicit softmax),
             as the reference runs it in plain torch whatever the DiT's backend.
-        backend: ``sdpa``, ``flash`` or ``torch``; or a callable ``backend(q, k, v, groups)``
+        backend: one of ``BACKENDS`` (module docstring); or a callable ``backend(q, k, v, groups)``
             for grouped attention across processes (sequence parallelism, hyvideo.parallel).
     Returns:
         [B, S, H*D]
@@ -109,16 +144,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
             ).transpose(1, 2)
-    elif groups is None:
-        out = _sdpa(q, k, v) if backend != "torch" else _reference(q, k, v, (s,))
-    elif backend == "sdpa":
-        out = _grouped_sdpa(q, k, v, groups.for_batch(b))
-    elif backend == "flash":
-        out = _flash_varlen(q, k, v, groups.for_batch(b))
-    elif backend == "torch":
-        out = _reference(q, k, v, groups.for_batch(b))
     else:
-        raise ValueError(f"unknown attention backend {backend!r}")
+        first_lens = groups.for_batch(b) if groups is not None else (s,)
+        uniform = all(f == s for f in first_lens)
+        kernel = resolve_backend(backend, q.device, uniform)
+        if kernel == "torch":
+            out = _reference(q, k, v, first_lens)
+        elif uniform and kernel in ("sdpa", "flex"):  # one group: no mask, fused SDPA kernels
+            out = _sdpa(q, k, v)
+        elif kernel == "sdpa":
+            out = _grouped_sdpa(q, k, v, first_lens)
+        elif kernel == "flash":
+            out = _flash(q, k, v, first_lens, uniform)
+        elif kernel == "flex":
+            out = _flex(q, k, v, first_lens)
+        elif kernel == "sage":
+            out = _sage(q, k, v, first_lens, uniform)
+        else:
+            raise ValueError(f"unknown attention backend {backend!r}")
     return out.reshape(b, s, h * d)
 
 
@@ -147,18 +190,89 @@ def _grouped_sdpa(q, k, v, first_lens: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
-def _flash_varlen(q, k, v, first_lens: tuple[int, ...]) -> torch.Tensor:
-    from flash_attn import flash_attn_varlen_func
+def _flash(q, k, v, first_lens: tuple[int, ...], uniform: bool) -> torch.Tensor:
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
 
+    if uniform:
+        return flash_attn_func(q, k, v)
     b, s, h, d = q.shape
-    groups = AttentionGroups(first_lens, s)
-    cu = groups.cu_seqlens(q.device)
-    max_len = int((cu[1:] - cu[:-1]).max())
-    out = flash_attn_varlen_func(
-        q.reshape(b * s, h, d), k.reshape(b * s, h, d), v.reshape(b * s, h, d),
-        cu, cu, max_len, max_len,
-    )
+    cu, max_len = _varlen_bounds(first_lens, s, q.device)
+    out = flash_attn_varlen_func(q.reshape(b * s, h, d), k.reshape(b * s, h, d),
+                                 v.reshape(b * s, h, d), cu, cu, max_len, max_len)
     return out.reshape(b, s, h, d)
+
+
+def _sage(q, k, v, first_lens: tuple[int, ...], uniform: bool) -> torch.Tensor:
+    from sageattention import sageattn, sageattn_varlen
+
+    if uniform:
+        return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+    b, s, h, d = q.shape
+    cu, max_len = _varlen_bounds(first_lens, s, q.device)
+    out = sageattn_varlen(q.reshape(b * s, h, d), k.reshape(b * s, h, d),
+                          v.reshape(b * s, h, d), cu, cu, max_len, max_len)
+    return out.reshape(b, s, h, d)
+
+
+def _varlen_bounds(first_lens: tuple[int, ...], s: int, device) -> tuple[torch.Tensor, int]:
+    """The reference's cu_seqlens over the flattened batch, and the longest group."""
+    lens = [n for f in first_lens for n in (f, s - f)]
+    return AttentionGroups(first_lens, s).cu_seqlens(device), max(lens)
+
+
+def _flex(q, k, v, first_lens: tuple[int, ...]) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = group_block_mask(first_lens, q.shape[1], q.device)
+    fn = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
+    return out.transpose(1, 2)
+
+
+@functools.cache
+def _compiled_flex():
+    # flex_attention is meant to run compiled (eager is a slow reference that materialises the
+    # scores); compiled once per process, on first use.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+FLEX_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=8)
+def group_block_mask(first_lens: tuple[int, ...], seq_len: int, device: torch.device):
+    """flex_attention's BlockMask for the two-group structure, built from block counts.
+
+    The same mask serves every block of a forward (hence the cache). Per (query block, key
+    block) pair: both wholly in the same group -> a full block (no mask_mod call); wholly in
+    different groups -> skipped; a block straddling the boundary -> masked element-wise.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    first = torch.tensor(first_lens, device=device)  # [B]
+    nb = -(-seq_len // FLEX_BLOCK)
+    start = torch.arange(nb, device=device) * FLEX_BLOCK
+    end = torch.clamp(start + FLEX_BLOCK, max=seq_len)
+    lead = (end[None] <= first[:, None])  # [B, nb] block wholly in the leading group
+    pad = (start[None] >= first[:, None])  # [B, nb] block wholly in the padding group
+    full = (lead[:, :, None] & lead[:, None]) | (pad[:, :, None] & pad[:, None])  # [B, nq, nk]
+    none = (lead[:, :, None] & pad[:, None]) | (pad[:, :, None] & lead[:, None])
+    partial = ~(full | none)
+
+    def as_blocks(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = m.sum(-1, dtype=torch.int32)[:, None]  # [B, 1, nq]
+        order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True)
+        return counts, order.to(torch.int32)[:, None]  # indices of the blocks first
+
+    def same_group(b, h, q_idx, kv_idx):
+        return (q_idx < first[b]) == (kv_idx < first[b])
+
+    kv_num, kv_idx = as_blocks(partial)
+    full_num, full_idx = as_blocks(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=same_group, seq_lengths=(seq_len, seq_len))
 
 
 def group_mask(first_lens: tuple[int, ...], seq_len: int, device=None) -> torch.Tensor:
