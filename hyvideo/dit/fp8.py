@@ -1,15 +1,23 @@
-"""Weight-only FP8 for the official ``*_fp8.pt`` checkpoints.
+"""FP8 for the official ``*_fp8.pt`` checkpoints: weight-only, or true float8 matrix products.
 
 The official FP8 file stores the ``.weight`` of every ``nn.Linear`` inside ``double_blocks`` and
 ``single_blocks`` as ``float8_e4m3fn``; the companion ``*_fp8_map.pt`` maps each such module name
-to a per-tensor float32 scale. The effective weight is ``weight.to(dtype) * scale.to(dtype)``
-(under bf16 the scale is rounded to bf16 first, as in the reference). Here that is a Linear
-subclass swapped in by :func:`convert_to_fp8`; nothing rebinds ``forward`` from outside.
+to a per-tensor float32 scale. Here that is a Linear subclass swapped in by :func:`convert_to_fp8`;
+nothing rebinds ``forward`` from outside. It computes in one of two ways:
+
+* weight-only (default, the reference's ``--use-fp8``): ``F.linear(x, weight.to(dtype) *
+  scale.to(dtype))`` -- under bf16 the scale is rounded to bf16 first, as in the reference;
+* float8 matmul (:func:`enable_fp8_matmul`, ``--fp8-matmul``): the activations are quantized on
+  the fly to float8_e4m3fn with a dynamic scale (per token by default, or per tensor) and
+  ``torch._scaled_mm`` multiplies them with the official float8 weight and its official float32
+  scale (the weight is never requantized), accumulating in float32. Layers whose shape or device
+  cannot take it keep the weight-only path; that is decided once, when the mode is enabled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +26,39 @@ from torch import nn
 from hyvideo.loading import CheckpointError
 
 FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 QUANTIZED_PARENTS = ("double_blocks", "single_blocks")
+ACTIVATION_SCALES = ("token", "tensor")  # one dynamic scale per row of x, or one for all of x
+MATMUL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # out dtypes of _scaled_mm
+FUSED_BIAS_DTYPES = (torch.bfloat16, torch.float16)  # _scaled_mm adds a bias only for these
+MATMUL_ALIGNMENT = 16  # K and N of torch._scaled_mm must be multiples of this (cuBLASLt)
+
+
+def quantize_activations(x: torch.Tensor, per_token: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1] or []) with ``x ~= q * scale``.
+
+    The scale is amax / 448 (per row, or over the whole tensor), so the largest magnitude lands
+    on the top of the e4m3 range; an all-zero row (or tensor) gets scale 1 instead of 0.
+    """
+    amax = (x.abs().amax(dim=-1, keepdim=True) if per_token else x.abs().amax()).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    # In float32: a 0-dim float32 scale would not promote a bf16 x, and x / scale must not round
+    # twice. The clamp guards the top of the range against rounding of amax / 448.
+    q = torch.div(x.float(), scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
 
 
 class FP8Linear(nn.Linear):
-    """A Linear whose weight is float8 with one float32 scale (non-persistent ``fp8_scale``)."""
+    """A Linear whose weight is float8 with one float32 scale (non-persistent ``fp8_scale``).
+
+    ``matmul`` selects the float8 matrix product (set by :func:`enable_fp8_matmul`, which also
+    sets ``activation_scale``); ``matmul_fallback`` says why a layer asked for it kept the
+    weight-only path.
+    """
+
+    matmul: bool = False
+    activation_scale: str = "token"
+    matmul_fallback: str | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FP8Linear:
@@ -42,8 +78,29 @@ class FP8Linear(nn.Linear):
         return self.weight.to(dtype) * self.fp8_scale.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matmul and x.numel() > 0:
+            return self.scaled_mm_forward(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def scaled_mm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., K] -> [..., N] with float8 activations and weight, float32 accumulation."""
+        if x.dtype not in MATMUL_DTYPES:
+            raise RuntimeError(f"fp8 matmul computes in bf16, fp16 or fp32, not {x.dtype}: "
+                               "run the DiT in one of those or turn the fp8 matmul off")
+        per_token = self.activation_scale == "token"
+        x_q, x_scale = quantize_activations(x.reshape(-1, self.in_features), per_token)  # [M, K]
+        w_scale = self.fp8_scale.float()
+        if per_token:  # row-wise scaling wants the weight's scale per output column: [1, N]
+            w_scale = w_scale.reshape(1, 1).expand(1, self.out_features).contiguous()
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        fuse_bias = bias is not None and x.dtype in FUSED_BIAS_DTYPES
+        # mat2 must be column-major [K, N]: the transpose of the contiguous [N, K] weight.
+        y = torch._scaled_mm(x_q, self.weight.t(), scale_a=x_scale, scale_b=w_scale,
+                             bias=bias if fuse_bias else None, out_dtype=x.dtype)  # [M, N]
+        if bias is not None and not fuse_bias:
+            y = y + bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def fp8_layer_names(model: nn.Module) -> list[str]:
@@ -79,3 +136,117 @@ def set_fp8_scales(model: nn.Module, scales: Mapping[str, torch.Tensor], source:
         if scale.numel() != 1:
             raise CheckpointError(f"{source}: scale of {name} has shape {tuple(scale.shape)}, expected [] or [1]")
         layer.fp8_scale = scale.reshape(()).to(device=layer.weight.device, dtype=torch.float32)
+
+
+# --- float8 matrix products -----------------------------------------------------------------------
+
+@functools.cache
+def _scaled_mm_problem(device: torch.device, per_token: bool, dtype: torch.dtype) -> str | None:
+    """Why ``torch._scaled_mm`` cannot serve (device, scaling, out dtype); None when it can.
+
+    Runs one tiny product, with a fused bias where the forward fuses one, and checks its value.
+    """
+    if not hasattr(torch, "_scaled_mm"):
+        return f"torch {torch.__version__} has no torch._scaled_mm"
+    m, k, n = MATMUL_ALIGNMENT, 2 * MATMUL_ALIGNMENT, MATMUL_ALIGNMENT
+    try:
+        a = torch.ones(m, k, device=device).to(FP8_DTYPE)
+        b = torch.ones(n, k, device=device).to(FP8_DTYPE)
+        ones = functools.partial(torch.ones, device=device, dtype=torch.float32)
+        scale_a, scale_b = (ones(m, 1), ones(1, n)) if per_token else (ones(()), ones(()))
+        bias = torch.ones(n, device=device, dtype=dtype) if dtype in FUSED_BIAS_DTYPES else None
+        out = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=dtype)
+        want = k + (bias is not None)
+        if out.shape != (m, n) or not bool((out.float() == want).all()):
+            return f"torch._scaled_mm gives wrong results on {device}"
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"torch._scaled_mm does not run on {device} ({first_line[:160]})"
+    return None
+
+
+def fp8_matmul_supported(device: torch.device | str, activation_scale: str = "token",
+                         dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether float8 matmul runs on ``device`` (one tiny ``torch._scaled_mm``, tried once)."""
+    _check_activation_scale(activation_scale)
+    return _scaled_mm_problem(torch.device(device), activation_scale == "token", dtype) is None
+
+
+def _check_activation_scale(activation_scale: str) -> None:
+    if activation_scale not in ACTIVATION_SCALES:
+        raise ValueError(f"activation_scale must be one of {', '.join(ACTIVATION_SCALES)}, "
+                         f"not {activation_scale!r}")
+
+
+def _shape_problem(layer: FP8Linear) -> str | None:
+    if layer.weight.dtype != FP8_DTYPE:
+        return f"weight is {layer.weight.dtype}, not {FP8_DTYPE}"
+    k, n = layer.in_features, layer.out_features
+    if k % MATMUL_ALIGNMENT or n % MATMUL_ALIGNMENT:
+        return f"K={k}, N={n}: both must be multiples of {MATMUL_ALIGNMENT}"
+    if not layer.weight.is_contiguous():
+        return "weight is not contiguous (the product needs W^T column-major)"
+    return None
+
+
+def _fp8_layers(model: nn.Module) -> dict[str, FP8Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, FP8Linear)}
+
+
+def _compute_dtype(layers: Iterable[FP8Linear]) -> torch.dtype:
+    """The model's precision, as its FP8 layers' biases hold it (bf16 when none has a bias)."""
+    return next((m.bias.dtype for m in layers if m.bias is not None), torch.bfloat16)
+
+
+def enable_fp8_matmul(model: nn.Module, activation_scale: str = "token", *,
+                      device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> list[str]:
+    """Switch ``model``'s FP8 layers to float8 matrix products; return the names of those that use it.
+
+    ``activation_scale``: "token" (one dynamic scale per row of the input, the default) or
+    "tensor" (one for the whole input). ``device`` is where the layers will run (default: where
+    their weights are; give it when the model is offloaded to the CPU between uses) and ``dtype``
+    the precision they compute in (default: their biases' dtype). The device is probed once; a
+    layer whose shape it cannot take, or every layer on a device without float8 matmul, keeps the
+    weight-only path, with the reason in ``layer.matmul_fallback`` (see :func:`fp8_matmul_summary`).
+    """
+    _check_activation_scale(activation_scale)
+    layers = _fp8_layers(model)
+    if not layers:
+        raise ValueError("fp8 matmul needs FP8 weights: load the official FP8 checkpoint "
+                         "(*_fp8.pt with its *_fp8_map.pt, --use-fp8)")
+    dtype = dtype or _compute_dtype(layers.values())
+    used = []
+    for name, layer in layers.items():
+        where = torch.device(device) if device is not None else layer.weight.device
+        if where.type == "meta":
+            raise ValueError("enable fp8 matmul after the weights are loaded (they are on the meta "
+                             "device), or pass the device the model will run on")
+        problem = _shape_problem(layer) or _scaled_mm_problem(where, activation_scale == "token", dtype)
+        layer.matmul, layer.activation_scale, layer.matmul_fallback = problem is None, activation_scale, problem
+        if problem is None:
+            used.append(name)
+    return used
+
+
+def disable_fp8_matmul(model: nn.Module) -> None:
+    """Back to the weight-only path in every FP8 layer."""
+    for layer in _fp8_layers(model).values():
+        layer.matmul, layer.matmul_fallback = False, None
+
+
+def fp8_matmul_summary(model: nn.Module) -> str:
+    """One line: how many FP8 layers use float8 matmul, and why the others do not."""
+    layers = _fp8_layers(model)
+    used = [m for m in layers.values() if m.matmul]
+    scales = sorted({m.activation_scale for m in used})
+    text = f"fp8 matmul in {len(used)} of {len(layers)} FP8 layers"
+    if used:
+        text += f" (per-{'/'.join(scales)} activation scales)"
+    reasons: dict[str, list[str]] = {}
+    for name, m in layers.items():
+        if not m.matmul:
+            reasons.setdefault(m.matmul_fallback or "not enabled", []).append(name)
+    for reason, names in reasons.items():
+        text += f"; weight-only in {len(names)} ({reason}; e.g. {names[0]})"
+    return text
