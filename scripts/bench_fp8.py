@@ -172,10 +172,10 @@ def _time_layer(name: str, k: int, n: int, tokens: int, dtype, device, repeats: 
     with torch.inference_mode():
         t = _time_modes(modes, repeats, device)
     flops = 2 * tokens * k * n
-    cells = [f"{t['bf16'] * 1e3:9.1f} ({flops / t['bf16'] / 1e12:5.2f})"]
+    cells = [f"{t['bf16'] * 1e3:9.1f} ({flops / t['bf16'] / 1e12:.3g})"]
     for m in ("weight-only", "token", "tensor"):
         cells.append("n/a" if m not in t else
-                     f"{t[m] * 1e3:9.1f} ({flops / t[m] / 1e12:5.2f}) x{t[m] / t['bf16']:4.2f}")
+                     f"{t[m] * 1e3:9.1f} ({flops / t[m] / 1e12:.3g}) x{t[m] / t['bf16']:4.2f}")
     print(f"  {f'{name} ({k}->{n})':26} {cells[0]:>17} {cells[1]:>24} {cells[2]:>24} "
           f"{cells[3]:>24} {t['quantize'] * 1e3:9.1f}ms", flush=True)
 

@@ -192,7 +192,7 @@ def test_quantize_activations_range_and_scales():
     assert torch.equal(q.float().abs().amax(dim=-1)[[0, 1, 3, 4]], torch.full((4,), FP8_MAX))
     assert ((q.float() * s - x).abs() <= x.abs() / 16 + 1e-6).all()  # half a step of 3 mantissa bits
     q, s = quantize_activations(x.bfloat16(), per_token=False)
-    assert s.shape == () and s.dtype == torch.float32 and q.float().abs().max() == FP8_MAX
+    assert s.shape == (1, 1) and s.dtype == torch.float32 and q.float().abs().max() == FP8_MAX
 
 
 # --- the DiT on the conformance FP8 case ----------------------------------------------------------

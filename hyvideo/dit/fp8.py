@@ -35,16 +35,16 @@ MATMUL_ALIGNMENT = 16  # K and N of torch._scaled_mm must be multiples of this (
 
 
 def quantize_activations(x: torch.Tensor, per_token: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """[M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1] or []) with ``x ~= q * scale``.
+    """[M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1] or [1, 1]) with ``x ~= q * scale``.
 
     The scale is amax / 448 (per row, or over the whole tensor), so the largest magnitude lands
     on the top of the e4m3 range; an all-zero row (or tensor) gets scale 1 instead of 0.
     """
-    amax = (x.abs().amax(dim=-1, keepdim=True) if per_token else x.abs().amax()).float()
+    amax = x.abs().amax(dim=-1 if per_token else (-2, -1), keepdim=True).float()
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    # In float32: a 0-dim float32 scale would not promote a bf16 x, and x / scale must not round
-    # twice. The clamp guards the top of the range against rounding of amax / 448.
-    q = torch.div(x.float(), scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    # x / scale is float32 (a 2-D float32 scale promotes a bf16 x): no second rounding before
+    # e4m3. The clamp guards the top of the range against the rounding of amax / 448.
+    q = torch.div(x, scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale
 
 
@@ -153,7 +153,7 @@ def _scaled_mm_problem(device: torch.device, per_token: bool, dtype: torch.dtype
         a = torch.ones(m, k, device=device).to(FP8_DTYPE)
         b = torch.ones(n, k, device=device).to(FP8_DTYPE)
         ones = functools.partial(torch.ones, device=device, dtype=torch.float32)
-        scale_a, scale_b = (ones(m, 1), ones(1, n)) if per_token else (ones(()), ones(()))
+        scale_a, scale_b = (ones(m, 1), ones(1, n)) if per_token else (ones(1, 1), ones(()))
         bias = torch.ones(n, device=device, dtype=dtype) if dtype in FUSED_BIAS_DTYPES else None
         out = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=dtype)
         want = k + (bias is not None)
