@@ -165,6 +165,14 @@ def test_without_scaled_mm_every_layer_keeps_weight_only(monkeypatch):
         fp8._scaled_mm_problem.cache_clear()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_a_device_torch_cannot_reach_is_unsupported_not_a_crash():
+    layer = fp8_linear(32, 16)
+    assert not fp8_matmul_supported("cuda")
+    assert enable_fp8_matmul(nn.Sequential(layer), device="cuda") == []
+    assert layer.matmul_fallback.startswith("torch._scaled_mm does not run on cuda (")
+
+
 def test_bad_requests_are_clear_errors():
     with pytest.raises(ValueError, match="activation_scale must be one of token, tensor"):
         enable_fp8_matmul(nn.Sequential(fp8_linear(32, 16)), "channel")

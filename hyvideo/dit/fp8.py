@@ -159,7 +159,7 @@ def _scaled_mm_problem(device: torch.device, per_token: bool, dtype: torch.dtype
         want = k + (bias is not None)
         if out.shape != (m, n) or not bool((out.float() == want).all()):
             return f"torch._scaled_mm gives wrong results on {device}"
-    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AssertionError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return f"torch._scaled_mm does not run on {device} ({first_line[:160]})"
     return None
