@@ -68,6 +68,9 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
             the two halves of the batch on two rank groups (hyvideo.parallel.CfgParallel).
     Returns:
         [B, C, T, H, W] float32 final latents.
+
+    A step cache attached to the DiT (``dit.step_cache``, see hyvideo.cache) is reset here at
+    the start, told each step's index, and emptied at the end; its ``stats`` stay readable.
     """
     batch = latents.shape[0]
     use_cfg = cfg_scale > 1.0
@@ -85,18 +88,27 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
 
     latents = latents.float()
     timesteps = schedule.timesteps.to(latents.device)
-    for k in range(schedule.steps):
-        t = timesteps[k].repeat(rows)  # float32 [rows]
-        x = torch.cat([latents] * 2) if use_cfg else latents
-        if use_cfg and cfg_parallel is not None:
-            out = cfg_parallel(dit, x, t, states, mask, pooled, guidance)
-        else:
-            out = dit(x, t, states, mask, pooled, guidance)
-        pred = out
-        if use_cfg:
-            uncond, text = out.float().chunk(2)
-            pred = uncond + cfg_scale * (text - uncond)
-        latents = schedule.step(k, latents, pred)
-        if callback is not None:
-            callback(StepInfo(k, schedule.steps, t, guidance, out, latents))
+    cache = getattr(dit, "step_cache", None)
+    if cache is not None:  # with CFG parallel each rank group holds half the batch
+        cache.begin(schedule.steps, cfg_group=getattr(cfg_parallel, "group", None) if use_cfg else None)
+    try:
+        for k in range(schedule.steps):
+            if cache is not None:
+                cache.start_step(k)
+            t = timesteps[k].repeat(rows)  # float32 [rows]
+            x = torch.cat([latents] * 2) if use_cfg else latents
+            if use_cfg and cfg_parallel is not None:
+                out = cfg_parallel(dit, x, t, states, mask, pooled, guidance)
+            else:
+                out = dit(x, t, states, mask, pooled, guidance)
+            pred = out
+            if use_cfg:
+                uncond, text = out.float().chunk(2)
+                pred = uncond + cfg_scale * (text - uncond)
+            latents = schedule.step(k, latents, pred)
+            if callback is not None:
+                callback(StepInfo(k, schedule.steps, t, guidance, out, latents))
+    finally:
+        if cache is not None:
+            cache.end()  # free the cached residuals (as large as the image tokens)
     return latents

@@ -122,13 +122,33 @@ class HYVideoDiffusionTransformer(nn.Module):
             out = self.token_split.gather(out)  # the one gather per forward
         return self.unpatchify(out, grid)
 
+    # A step cache (hyvideo.cache) that may replace the block loop on some denoising steps.
+    step_cache = None
+
+    def set_step_cache(self, cache) -> None:
+        """Attach a :class:`hyvideo.cache.StepCache` (None detaches it)."""
+        self.step_cache = cache
+
     def run_blocks(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope,
                    groups: AttentionGroups) -> torch.Tensor:
         """Every double then single block; returns the image tokens [B, N, C] only (the final
-        layer never reads the text tokens). The seam step caches (hyvideo.cache) wrap."""
+        layer never reads the text tokens). With a step cache attached, the cache decides
+        whether the blocks run (it calls the two methods below)."""
+        if self.step_cache is not None:
+            return self.step_cache.run(self, img, txt, vec, rope, groups)
+        return self.run_blocks_from(0, img, txt, vec, rope, groups)
+
+    def run_double_block(self, index: int, img: torch.Tensor, txt: torch.Tensor,
+                         vec: torch.Tensor, rope, groups: AttentionGroups):
+        """Double block ``index`` alone: (img [B, N, C], txt [B, L, C]) -> updated (img, txt)."""
+        return self.double_blocks[index](img, txt, vec, rope, groups, self.attention_backend)
+
+    def run_blocks_from(self, first: int, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor,
+                        rope, groups: AttentionGroups) -> torch.Tensor:
+        """Double blocks ``first``.. then every single block; returns the image tokens [B, N, C]."""
         n_img = img.shape[1]
-        for block in self.double_blocks:
-            img, txt = block(img, txt, vec, rope, groups, self.attention_backend)
+        for index in range(first, len(self.double_blocks)):
+            img, txt = self.run_double_block(index, img, txt, vec, rope, groups)
         x_tokens = torch.cat([img, txt], dim=1)  # [B, N+L, C]
         del img, txt
         for block in self.single_blocks:
