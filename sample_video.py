@@ -46,10 +46,27 @@ def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
     g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash", "flex", "sage"],
                    help="attention kernel (default auto: the fastest exact one for the device; "
                    "flash and sage must be installed; sage is approximate, 8-bit QK)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer block (regional, dynamic shapes: no recompile "
+                   "per resolution); the first step includes the compile time")
+    g.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode for --compile (default: default)")
     g.add_argument("--device", help="device to run on (default: the available accelerator, else cpu)")
+    g.add_argument("--offload", choices=["none", "model", "sequential", "blocks"],
+                   help="where weights live (default none): model = each component visits the device for "
+                   "its stage; sequential = every layer streamed (lowest memory, slowest); blocks = K DiT "
+                   "blocks on the device, the rest prefetched from pinned CPU memory (see --blocks-on-device)")
+    g.add_argument("--blocks-on-device", type=int, default=2, metavar="K",
+                   help="DiT blocks resident on the device with --offload blocks (default 2)")
     g.add_argument("--use-cpu-offload", action="store_true",
-                   help="keep every component in CPU memory and move each to the device only for its stage "
-                   "(text encoders for encoding, the DiT for denoising, the VAE for decoding)")
+                   help="the official flag: the same as --offload model")
+    g.add_argument("--fp8-matmul", action="store_true",
+                   help="with --use-fp8: multiply in float8 (torch._scaled_mm with the official weight scales, "
+                   "activations quantized per token); faster on float8 GPUs (sm_89+), ~3%% less accurate; "
+                   "layers or devices that cannot stay weight-only")
+    g.add_argument("--fp8-activation-scale", choices=["token", "tensor"], default="token",
+                   help="activation scales for --fp8-matmul: per token (default) or per tensor")
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
                    help="decode in overlapping spatial/temporal tiles, as the official code (default on)")
     g.add_argument("--text-len", type=int, default=256, help="LLM tokens kept after the template (default 256)")
@@ -132,10 +149,13 @@ def pipeline_options(args):
         load_key=args.load_key, precision=args.precision, vae_precision=args.vae_precision,
         text_encoder_precision=args.text_encoder_precision,
         text_encoder_precision_2=args.text_encoder_precision_2, use_fp8=args.use_fp8,
-        vae_tiling=args.vae_tiling, use_cpu_offload=args.use_cpu_offload, attention=args.attention,
+        vae_tiling=args.vae_tiling, use_cpu_offload=args.use_cpu_offload, offload=args.offload,
+        blocks_on_device=args.blocks_on_device, fp8_matmul=args.fp8_matmul,
+        fp8_activation_scale=args.fp8_activation_scale, attention=args.attention,
         text_len=args.text_len, hidden_state_skip_layer=args.hidden_state_skip_layer,
         apply_final_norm=args.apply_final_norm, text_len_2=args.text_len_2, device=args.device,
-        loras=lora_specs(args), lora_fuse=args.lora_fuse,
+        loras=lora_specs(args), lora_fuse=args.lora_fuse, compile=args.compile,
+        compile_mode=args.compile_mode,
     )
 
 
@@ -359,6 +379,7 @@ def generate(args, variants) -> int:
         if state is not None:  # every rank runs the same jobs with the same seeds
             jobs = share_from_main(jobs)
         options = pipeline_options(args)
+        options.check()  # contradictory loading flags, before any model loads
         # Only rank 0 encodes text, so only it rewrites (before any model loads).
         rewrites = rewrite_jobs(jobs, args) if state is None or state.is_main else {}
         pipe = load_pipeline(options, parallel=state)
@@ -366,7 +387,7 @@ def generate(args, variants) -> int:
     except (UsageError, PromptFileError, CheckpointError, RewriteError, ValueError) as exc:
         return fail(str(exc))
     except torch.OutOfMemoryError:
-        return fail("out of memory while generating; lower memory with --use-cpu-offload, --use-fp8, "
+        return fail("out of memory while generating; lower memory with --offload model (or blocks), --use-fp8, "
                     "--vae-tiling, a smaller --video-size or a shorter --video-length")
     return 0
 

@@ -57,7 +57,11 @@ class PipelineOptions:
     text_encoder_precision_2: str = "fp16"
     use_fp8: bool = False
     vae_tiling: bool = True
-    use_cpu_offload: bool = False
+    use_cpu_offload: bool = False  # the official flag: an alias of offload="model"
+    offload: str | None = None  # none | model | sequential | blocks (hyvideo.offload)
+    blocks_on_device: int = 2  # K for offload="blocks"
+    fp8_matmul: bool = False  # with use_fp8: float8 products (torch._scaled_mm)
+    fp8_activation_scale: str = "token"  # token | tensor
     attention: str = "auto"
     text_len: int = 256
     hidden_state_skip_layer: int = 2
@@ -66,9 +70,25 @@ class PipelineOptions:
     device: str | None = None
     loras: tuple = ()  # hyvideo.lora.LoraSpec each (--lora PATH[:SCALE])
     lora_fuse: bool = True  # merge into the weights; False: switchable side branches
+    compile: bool = False  # regional torch.compile of the transformer blocks
+    compile_mode: str = "default"
 
     def resolved_device(self) -> torch.device:
         return torch.device(self.device) if self.device else default_device()
+
+    def offload_config(self):
+        from hyvideo.offload import OffloadConfig
+
+        return OffloadConfig.from_flags(self.offload, use_cpu_offload=self.use_cpu_offload,
+                                        blocks_on_device=self.blocks_on_device)
+
+    def check(self) -> None:
+        """Contradictory flags, before anything is loaded (ValueError, one line)."""
+        self.offload_config()
+        if self.fp8_matmul and not self.use_fp8:
+            raise ValueError("--fp8-matmul needs --use-fp8 (the official FP8 checkpoint *_fp8.pt)")
+        if self.fp8_activation_scale not in ("token", "tensor"):
+            raise ValueError(f"fp8 activation scale must be token or tensor, got {self.fp8_activation_scale!r}")
 
 
 @dataclass(frozen=True)
@@ -107,16 +127,18 @@ def load_pipeline(opts: PipelineOptions, parallel=None) -> HunyuanVideoPipeline:
     ``parallel`` (a :class:`hyvideo.parallel.ParallelState`): only rank 0 loads the text
     encoders (their output is broadcast); every rank holds the DiT and the VAE.
     """
+    opts.check()
+    offload = opts.offload_config()
+    device = opts.resolved_device()
     if opts.model == TINY:
         pipe = tiny_random_pipeline(opts, parallel=parallel)
-        apply_lora_options(pipe.dit, opts)
+        apply_dit_options(pipe.dit, opts, device)
+        pipe.offload = _offload(pipe.dit, pipe.vae, pipe.text_encoders, device, offload)
         return pipe
     from hyvideo.layouts import DIFFUSERS, detect_layout, load_diffusers_components
-    from hyvideo.offload import ModelOffload
 
     variant = load_variant(opts.model)
-    device = opts.resolved_device()
-    home = torch.device("cpu") if opts.use_cpu_offload else device
+    home = offload.load_device(device)
     with_text = parallel is None or parallel.is_main
     overridden = all((opts.dit_weight, opts.vae_path, opts.text_encoder_path, opts.text_encoder_2_path))
     if not overridden and detect_layout(opts.model_base, opts.model_resolution) == DIFFUSERS:
@@ -125,12 +147,21 @@ def load_pipeline(opts: PipelineOptions, parallel=None) -> HunyuanVideoPipeline:
         dit, vae, text = _load_official_components(opts, variant, home, with_text)
     if opts.use_fp8 and not any(getattr(m, "fp8_scale", None) is not None for m in dit.modules()):
         raise CheckpointError("--use-fp8 was given but the DiT checkpoint holds no float8 weights")
-    apply_lora_options(dit, opts)
-    parts = {"dit": dit, "vae": vae, **({"text_encoders": text} if text is not None else {})}
-    offload = ModelOffload(parts, device) if opts.use_cpu_offload else None
+    apply_dit_options(dit, opts, device)
     return HunyuanVideoPipeline(dit, vae, text, device=device, name=variant.name,
                                 defaults=variant.sampling, vae_tiling=opts.vae_tiling,
-                                offload=offload, parallel=parallel)
+                                offload=_offload(dit, vae, text, device, offload), parallel=parallel)
+
+
+def _offload(dit, vae, text, device: torch.device, config):
+    """The offload wrapper for ``config`` (None for mode none: nothing to do between stages)."""
+    if config.mode == "none":
+        return None
+    from hyvideo.offload import offload_components
+
+    log.info(config.describe())
+    parts = {"dit": dit, "vae": vae, **({"text_encoders": text} if text is not None else {})}
+    return offload_components(parts, device, config)
 
 
 def _load_official_components(opts: PipelineOptions, variant, home: torch.device, with_text: bool):
@@ -157,12 +188,25 @@ def _load_official_components(opts: PipelineOptions, variant, home: torch.device
     return dit, vae, text
 
 
-def apply_lora_options(dit: torch.nn.Module, opts: PipelineOptions) -> None:
-    """``opts.loras`` merged into the DiT (``lora_fuse``) or attached as switchable side branches."""
+def apply_dit_options(dit: torch.nn.Module, opts: PipelineOptions, device: torch.device) -> None:
+    """After loading: ``opts.loras`` merged into the DiT (``lora_fuse``) or attached as
+    switchable side branches; float8 products (``opts.fp8_matmul``) for the device the DiT runs
+    on; then, last, the blocks compiled (``opts.compile``)."""
     if opts.loras:
         from hyvideo.lora import apply_loras
 
         apply_loras(dit, opts.loras, fuse=opts.lora_fuse)
+    if opts.fp8_matmul:
+        from hyvideo.dit.fp8 import enable_fp8_matmul, fp8_matmul_summary
+
+        enable_fp8_matmul(dit, opts.fp8_activation_scale, device=device, dtype=dit.dtype)
+        log.info(fp8_matmul_summary(dit))
+    if opts.compile:
+        from hyvideo.dit.compile import compile_blocks
+
+        count = compile_blocks(dit, mode=opts.compile_mode)
+        log.info("compiling %d transformer blocks (regional, dynamic shapes): the first step "
+                 "includes the compile time", count)
 
 
 def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0,

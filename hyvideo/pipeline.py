@@ -145,7 +145,7 @@ class HunyuanVideoPipeline:
         self.name = name
         self.defaults = defaults
         self.vae_tiling = vae_tiling
-        self.offload = offload  # hyvideo.offload.ModelOffload or None
+        self.offload = offload  # a hyvideo.offload.Offload (its use(stage) wraps each stage) or None
         self.parallel = parallel  # hyvideo.parallel.ParallelState or None (one process)
         if parallel is not None:
             from hyvideo.parallel import enable_sequence_parallel

@@ -251,7 +251,7 @@ def _session(request: gr.Request | None) -> str:
 def _failure_message(exc: Exception) -> str:
     if isinstance(exc, torch.OutOfMemoryError):
         return ("out of memory while generating; try a smaller size, fewer frames, or restart the "
-                "server with --use-cpu-offload / --use-fp8")
+                "server with --offload model (or blocks) / --use-fp8")
     return f"generation failed ({type(exc).__name__}); the server log has the details"
 
 

@@ -143,7 +143,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv3d(in_ch, hidden, patch, stride=patch, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # [B, C, T, H, W] -> [B, N, hidden]
+        # [B, C, T, H, W] -> [B, N, hidden]; contiguous, so every block sees one memory layout
+        # (compiled blocks would otherwise specialise on the first block's strided view).
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class FinalLayer(nn.Module):

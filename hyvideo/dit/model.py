@@ -113,7 +113,10 @@ class HYVideoDiffusionTransformer(nn.Module):
             # reads image tokens only, so padding past the longest prompt cannot change the
             # output: drop it. With one prompt length per batch no mask is left at all.
             longest = int(mask.sum(dim=1).max())
-            txt, mask = txt[:, :longest], mask[:, :longest]
+            if longest < txt.shape[1]:  # a fresh tensor with standard strides, even for batch 1
+                # (compiled blocks guard on strides; a size-1 batch slice keeps the old ones)
+                txt = txt[:, :longest].clone(memory_format=torch.contiguous_format)
+                mask = mask[:, :longest]
         groups = AttentionGroups.from_text_mask(img.shape[1], mask, txt.shape[1])
 
         img = self.run_blocks(img, txt, vec, rope, groups)
