@@ -136,8 +136,9 @@ def make_setup(preset: str, height: int | None = None, width: int | None = None,
                            spec["text_encoder_2"], 64, 64, 9)
     else:
         raise ValueError(f"unknown configuration {preset!r}; choose tiny, medium or full")
-    return replace(setup, height=height or setup.height, width=width or setup.width,
-                   frames=frames or setup.frames)
+    return replace(setup, height=setup.height if height is None else height,
+                   width=setup.width if width is None else width,
+                   frames=setup.frames if frames is None else frames)
 
 
 # ---- random models, built on the meta device and filled in place ----------------------------
@@ -534,6 +535,11 @@ def benchmark(setup: BenchSetup, device: torch.device, *, steps: int, repeats: i
     """Build both pipelines, run them alternated, and return every figure of the report."""
     if steps < 1 or repeats < 1 or warmup < 0:
         raise ValueError("--steps and --repeats must be >= 1 and --warmup >= 0")
+    from hyvideo.pipeline import GenerationRequest
+
+    # Sizes checked before minutes of building: a one-line UsageError (a ValueError) naming the fix.
+    GenerationRequest(PROMPT, height=setup.height, width=setup.width,
+                      video_length=setup.frames).validate()
     pipes = build_pipelines(setup, device, attention, diffusers_attention, vae_tiling)
     result = run_alternated(pipes, setup, device, steps, repeats, warmup)
     thw = pipes.ours.vae.latent_shape(setup.frames, setup.height, setup.width)
@@ -683,9 +689,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.full and sizes == [None]:
         sizes = [(544, 960), (720, 1280)]
-    steps = args.steps or (10 if args.full else 3)
+    steps = args.steps if args.steps is not None else (10 if args.full else 3)
     warmup = args.warmup if args.warmup is not None else (0 if device.type == "cpu" else 1)
-    peak = args.peak_tflops or (None if device.type == "cpu" else DEFAULT_PEAK_TFLOPS)
+    peak = args.peak_tflops
+    if peak is None and device.type != "cpu":
+        peak = DEFAULT_PEAK_TFLOPS
+    if peak is not None and peak <= 0:
+        print(f"error: --peak-tflops must be > 0, got {peak}", file=sys.stderr)
+        return 2
     if device.type == "cpu":
         fix_malloc_mmap_threshold()
     env = environment(device)

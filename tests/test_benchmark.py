@@ -118,12 +118,6 @@ def test_full_on_cpu_exits_2_with_one_line(bench, capsys):
     assert len(err.strip().splitlines()) == 1 and "--full needs a GPU" in err
 
 
-def test_bad_size_exits_2_with_one_line(bench, capsys):
-    assert bench.main(["--device", "cpu", "--sizes", "256by256"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "HEIGHTxWIDTH" in err
-
-
 def test_full_setup_has_the_released_shapes(bench):
     """Parameter counts on the meta device against the official checkpoints' manifests."""
     from hyvideo.vae import build_vae
@@ -140,3 +134,15 @@ def test_full_setup_has_the_released_shapes(bench):
     assert count(bench._meta_clip(setup.clip, torch.float16)) == 123_060_480  # CLIP-L text tower
     assert count(build_vae(setup.vae, device="meta")) == 246_478_803
     assert bench.make_setup("full", 544, 960).width == 960
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sizes", "256by256"], "HEIGHTxWIDTH"),
+    (["--frames", "10", "--config", "tiny"], "4n+1"),
+    (["--sizes", "250x256", "--config", "tiny"], "multiple of 16"),
+    (["--steps", "0", "--config", "tiny"], "--steps"),
+])
+def test_bad_arguments_exit_2_with_one_line(bench, capsys, argv, message):
+    assert bench.main(["--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
