@@ -46,6 +46,12 @@ def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
     g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash", "flex", "sage"],
                    help="attention kernel (default auto: the fastest exact one for the device; "
                    "flash and sage must be installed; sage is approximate, 8-bit QK)")
+    g.add_argument("--cache", default="none", choices=["none", "teacache", "first-block"],
+                   help="step cache: skip the transformer blocks on steps whose input changed less than "
+                   "--cache-threshold, reusing the last residual (faster, slightly different video; "
+                   "docs/benchmarks.md has the measured cost)")
+    g.add_argument("--cache-threshold", type=float, metavar="T",
+                   help="skip threshold (default: teacache 0.15, first-block 0.06; 0 never skips)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile each transformer block (regional, dynamic shapes: no recompile "
                    "per resolution); the first step includes the compile time")
@@ -154,7 +160,8 @@ def pipeline_options(args):
         fp8_activation_scale=args.fp8_activation_scale, attention=args.attention,
         text_len=args.text_len, hidden_state_skip_layer=args.hidden_state_skip_layer,
         apply_final_norm=args.apply_final_norm, text_len_2=args.text_len_2, device=args.device,
-        loras=lora_specs(args), lora_fuse=args.lora_fuse, compile=args.compile,
+        loras=lora_specs(args), lora_fuse=args.lora_fuse, cache=args.cache,
+        cache_threshold=args.cache_threshold, compile=args.compile,
         compile_mode=args.compile_mode,
     )
 
@@ -306,6 +313,16 @@ def share_from_main(obj):
     return box[0]
 
 
+def cache_metadata(pipe) -> dict:
+    """The step cache's settings and what it skipped in the last generation, for the metadata."""
+    cache = getattr(pipe.dit, "step_cache", None)
+    if cache is None:
+        return {}
+    log.info("step cache: %s", cache.stats.summary())
+    return {"cache": {"mode": cache.config.mode, "threshold": cache.config.threshold,
+                      "skipped_steps": cache.stats.skipped_steps}}
+
+
 def run_jobs(pipe, jobs, request, args, rewrites: dict | None = None) -> None:
     import dataclasses
 
@@ -330,7 +347,8 @@ def run_jobs(pipe, jobs, request, args, rewrites: dict | None = None) -> None:
         for i in range(req.num_videos):
             extra = {**(rewrite.metadata() if rewrite else {}),
                      **({"loras": [{"path": str(x.path), "scale": x.scale} for x in lora_specs(args)]}
-                        if args.lora else {})}
+                        if args.lora else {}),
+                     **cache_metadata(pipe)}
             path, meta = write_output(result, i, job, args, pipe, extra)
             vid = job.id if req.num_videos == 1 else f"{job.id}.{i}"
             manifest.append({**meta, "id": vid, "job": job.id, "output": str(path),

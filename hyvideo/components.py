@@ -70,6 +70,8 @@ class PipelineOptions:
     device: str | None = None
     loras: tuple = ()  # hyvideo.lora.LoraSpec each (--lora PATH[:SCALE])
     lora_fuse: bool = True  # merge into the weights; False: switchable side branches
+    cache: str = "none"  # step cache: none | teacache | first-block (hyvideo.cache)
+    cache_threshold: float | None = None  # None: the mode's suggested threshold
     compile: bool = False  # regional torch.compile of the transformer blocks
     compile_mode: str = "default"
 
@@ -82,9 +84,15 @@ class PipelineOptions:
         return OffloadConfig.from_flags(self.offload, use_cpu_offload=self.use_cpu_offload,
                                         blocks_on_device=self.blocks_on_device)
 
+    def cache_config(self):
+        from hyvideo.cache import CacheConfig
+
+        return CacheConfig(self.cache, self.cache_threshold)
+
     def check(self) -> None:
         """Contradictory flags, before anything is loaded (ValueError, one line)."""
         self.offload_config()
+        self.cache_config()
         if self.fp8_matmul and not self.use_fp8:
             raise ValueError("--fp8-matmul needs --use-fp8 (the official FP8 checkpoint *_fp8.pt)")
         if self.fp8_activation_scale not in ("token", "tensor"):
@@ -191,7 +199,7 @@ def _load_official_components(opts: PipelineOptions, variant, home: torch.device
 def apply_dit_options(dit: torch.nn.Module, opts: PipelineOptions, device: torch.device) -> None:
     """After loading: ``opts.loras`` merged into the DiT (``lora_fuse``) or attached as
     switchable side branches; float8 products (``opts.fp8_matmul``) for the device the DiT runs
-    on; then, last, the blocks compiled (``opts.compile``)."""
+    on; the step cache (``opts.cache``); then, last, the blocks compiled (``opts.compile``)."""
     if opts.loras:
         from hyvideo.lora import apply_loras
 
@@ -201,6 +209,13 @@ def apply_dit_options(dit: torch.nn.Module, opts: PipelineOptions, device: torch
 
         enable_fp8_matmul(dit, opts.fp8_activation_scale, device=device, dtype=dit.dtype)
         log.info(fp8_matmul_summary(dit))
+    if opts.cache != "none":
+        from hyvideo.cache import enable_step_cache
+
+        cache = opts.cache_config()
+        enable_step_cache(dit, cache)
+        log.info("step cache %s, threshold %g: skips the transformer blocks on steps whose input "
+                 "changed less than that", cache.mode, cache.threshold)
     if opts.compile:
         from hyvideo.dit.compile import compile_blocks
 

@@ -7,12 +7,8 @@ peak resident memory (ru_maxrss) is attributable to one model.
     python scripts/bench_dit.py                      # CPU medium config, ratios
     python scripts/bench_dit.py --full --device cuda # full-size bf16 on a GPU, MFU
 
-FLOPs of one forward (the formula used for MFU), with N image tokens, L text tokens,
-S = N + L, hidden C, MLP width M = 4C, text width Dt and the 2*in*out per token of a Linear:
-  double block: 2*(N+L)*C*(3C + C + 2M) [qkv, proj, mlp] + 2*(N+L)*C*6C [modulation, tiny]
-                + attention 4*S^2*C (QK^T and PV)
-  single block: 2*S*C*(3C + M) [linear1] + 2*S*(C + M)*C [linear2] + attention 4*S^2*C
-  (embedders, refiner and final layer add < 0.1% at 720p and are included approximately)
+FLOPs of one forward (for TFLOP/s and MFU): hyvideo.flops.dit_forward_flops, the convention of
+the issue's 12.07 PFLOP figure (all text positions counted).
 """
 
 from __future__ import annotations
@@ -33,15 +29,6 @@ MEDIUM = dict(hidden_size=1024, heads_num=8, mm_double_blocks_depth=2, mm_single
               text_states_dim=4096, text_states_dim_2=768, rope_dim_list=[16, 56, 56],
               guidance_embed=True)
 MEDIUM_INPUT = dict(latent=[16, 9, 32, 32], text_len=256, valid=40)
-
-
-def forward_flops(n_img: int, n_txt: int, hidden: int, double: int, single: int, mlp_ratio=4.0) -> float:
-    s, c = n_img + n_txt, hidden
-    m = int(c * mlp_ratio)
-    attn = 4 * s * s * c
-    double_block = 2 * s * c * (3 * c + c + 2 * m) + attn
-    single_block = 2 * s * c * (3 * c + m) + 2 * s * (c + m) * c + attn
-    return double * double_block + single * single_block
 
 
 def _build_pair(cfg: dict, dtype, device, with_diffusers: bool):
@@ -109,8 +96,20 @@ def _dtypes():
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def time_worker(cfg: dict, inp: dict, device: str, dtype_name: str, repeats: int, with_diffusers: bool) -> dict:
-    """Both models in one process, forwards alternated, so machine load affects both alike."""
+def _compiled_twin(ours):
+    """A second DiT sharing ``ours``'s weight tensors, with its blocks compiled (--compile)."""
+    from hyvideo.dit.compile import compile_blocks
+    from hyvideo.dit.loader import build_dit
+
+    twin = build_dit(ours.config, dtype=ours.dtype, device="meta")
+    twin.load_state_dict(ours.state_dict(), strict=True, assign=True)
+    compile_blocks(twin)
+    return twin
+
+
+def time_worker(cfg: dict, inp: dict, device: str, dtype_name: str, repeats: int, with_diffusers: bool,
+                with_compile: bool = False) -> dict:
+    """The models in one process, forwards alternated, so machine load affects all alike."""
     import torch
 
     dtype = _dtypes()[dtype_name]
@@ -119,12 +118,21 @@ def time_worker(cfg: dict, inp: dict, device: str, dtype_name: str, repeats: int
     runs = {"ours": _runner("ours", ours, args)}
     if theirs is not None:
         runs["diffusers"] = _runner("diffusers", theirs, args)
+    if with_compile:
+        runs["ours+compile"] = _runner("ours", _compiled_twin(ours), args)
     times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.inference_mode():
         a = runs["ours"]()
         if theirs is not None:  # same weights, same answer: the comparison is like for like
             b = runs["diffusers"]()
             times["max_abs_diff"] = [float((a.float() - b.float()).abs().max())]
+        if with_compile:
+            _sync(device)
+            start = time.perf_counter()
+            c = runs["ours+compile"]()  # the first call compiles
+            _sync(device)
+            times["compile_first_call"] = [time.perf_counter() - start]
+            times["compile_max_abs_diff"] = [float((a.float() - c.float()).abs().max())]
         for _ in range(repeats):
             for name, run in runs.items():
                 _sync(device)
@@ -216,6 +224,8 @@ def main() -> int:
                         help="full-size model (3072 hidden, 20+40 blocks) in bf16 at 544x960x129f")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-diffusers", action="store_true", help="measure ours only")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time ours with regional torch.compile (first call = compile time)")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="hardware peak for MFU (H100/H200 bf16 dense)")
     args = parser.parse_args()
     if args.worker:
@@ -230,16 +240,19 @@ def main() -> int:
         dtype = "bf16"
     else:
         cfg, inp, dtype = MEDIUM, MEDIUM_INPUT, "fp32"
-    t, h, w = inp["latent"][1:]
-    n_img = t * (h // 2) * (w // 2)
-    flops = forward_flops(n_img, inp["valid"], cfg["hidden_size"], cfg["mm_double_blocks_depth"],
-                          cfg["mm_single_blocks_depth"], cfg.get("mlp_width_ratio", 4.0))
+    from hyvideo.config import DiTConfig
+    from hyvideo.flops import dit_forward_flops, image_tokens
+
+    config = DiTConfig.from_dict(cfg)
+    latent_thw = tuple(inp["latent"][1:])
+    n_img = image_tokens(config, latent_thw)
+    flops = dit_forward_flops(config, latent_thw, inp["text_len"]).total
     print(f"config: hidden {cfg['hidden_size']}, heads {cfg['heads_num']}, "
           f"{cfg['mm_double_blocks_depth']} double + {cfg['mm_single_blocks_depth']} single blocks; "
           f"latent {inp['latent']}, text {inp['text_len']} tokens ({inp['valid']} valid); "
           f"{n_img} image tokens; {dtype} on {args.device}; {flops / 1e12:.2f} TFLOP per forward")
     with_diffusers = not args.no_diffusers
-    times = subprocess_call("time", cfg, inp, args.device, dtype, args.repeats, with_diffusers)
+    times = subprocess_call("time", cfg, inp, args.device, dtype, args.repeats, with_diffusers, args.compile)
     mem = {"ours": subprocess_call("memory", "ours", cfg, inp, args.device, dtype)}
     if with_diffusers:
         mem["diffusers"] = subprocess_call("memory", "diffusers", cfg, inp, args.device, dtype)
@@ -250,6 +263,13 @@ def main() -> int:
         tflops = flops / times["ours"] / 1e12
         print(f"ours:      {tflops:.0f} TFLOP/s achieved, MFU {tflops / args.peak_tflops:.1%} "
               f"of {args.peak_tflops:.0f} TFLOP/s")
+    if args.compile:
+        steady = times["ours+compile"]
+        print(f"ours+compile: {steady:.3f} s/forward; first call {times['compile_first_call']:.1f} s "
+              f"(compile ~{times['compile_first_call'] - steady:.1f} s); speed-up over eager "
+              f"{times['ours'] / steady:.2f}x; max |compiled - eager| = {times['compile_max_abs_diff']:.2e}")
+        if with_diffusers:
+            print(f"ratio ours+compile/diffusers: time {steady / times['diffusers']:.2f}x")
     if with_diffusers:
         print(f"outputs agree: max |ours - diffusers| = {times['max_abs_diff']:.2e}")
         print(f"ratio ours/diffusers: time {times['ours'] / times['diffusers']:.2f}x, peak memory "

@@ -97,6 +97,19 @@ def test_offload_flags_give_the_same_latents(tmp_path):
     assert torch.equal(latents["official"], latents["none"])
 
 
+def test_cache_flag_records_what_it_skipped(tmp_path):
+    out = tmp_path / "cached"
+    assert main_in_process(*SMALL, "--infer-steps", "8", "--prompt", "a", "--seed", "3", "--save-path", out,
+                           "--output-type", "latents", "--cache", "teacache", "--cache-threshold", "1e6") == 0
+    from safetensors import safe_open
+
+    (file,) = out.glob("*.safetensors")
+    with safe_open(str(file), "pt") as f:
+        cache = json.loads(f.metadata()["settings"])["cache"]
+    # a huge threshold skips every step but the first and the last, which always run
+    assert cache == {"mode": "teacache", "threshold": 1e6, "skipped_steps": [1, 2, 3, 4, 5, 6]}
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from hyvideo.components import tiny_random_pipeline
@@ -221,6 +234,7 @@ BAD = [
     (["--prompt", "x", "--resolution", "720p-16:9", "--video-size", "64", "64"], "either --video-size or --resolution"),
     (["--prompt", "x", "--ulysses-degree", "2"], "1 were started; launch with torchrun --nproc_per_node=2"),
     (["--prompt", "x", "--fp8-matmul"], "--fp8-matmul needs --use-fp8"),
+    (["--prompt", "x", "--cache", "teacache", "--cache-threshold", "-1"], "cache threshold must be a finite number >= 0"),
     (["--prompt", "x", "--use-cpu-offload", "--offload", "blocks"], "--use-cpu-offload means --offload model"),
     (["--prompt", "x", "--offload", "blocks", "--blocks-on-device", "0"], "blocks on device must be an integer >= 1"),
 ]
@@ -266,7 +280,7 @@ def test_out_of_memory_is_a_clear_error(tmp_path, capsys, monkeypatch):
 def test_help_documents_every_flag():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for flag in ("--use-cpu-offload", "--offload", "--blocks-on-device", "--fp8-matmul", "--compile",
+    for flag in ("--use-cpu-offload", "--offload", "--cache", "--cache-threshold", "--blocks-on-device", "--fp8-matmul", "--compile",
                  "--attention", "--no-flow-reverse", "--no-vae-tiling", "--embedded-cfg-scale",
                  "--resolution", "--prompt-file", "--output-type", "--ulysses-degree"):
         assert flag in proc.stdout
