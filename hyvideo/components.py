@@ -91,8 +91,11 @@ class PipelineOptions:
 
     def check(self) -> None:
         """Contradictory flags, before anything is loaded (ValueError, one line)."""
-        self.offload_config()
+        offload = self.offload_config()
         self.cache_config()
+        if self.compile and offload.mode in ("sequential", "blocks"):
+            raise ValueError(f"--compile cannot be combined with --offload {offload.mode} (its hooks "
+                             "move weights around each layer); use --offload model, or drop --compile")
         if self.fp8_matmul and not self.use_fp8:
             raise ValueError("--fp8-matmul needs --use-fp8 (the official FP8 checkpoint *_fp8.pt)")
         if self.fp8_activation_scale not in ("token", "tensor"):

@@ -234,6 +234,7 @@ BAD = [
     (["--prompt", "x", "--resolution", "720p-16:9", "--video-size", "64", "64"], "either --video-size or --resolution"),
     (["--prompt", "x", "--ulysses-degree", "2"], "1 were started; launch with torchrun --nproc_per_node=2"),
     (["--prompt", "x", "--fp8-matmul"], "--fp8-matmul needs --use-fp8"),
+    (["--prompt", "x", "--compile", "--offload", "blocks"], "--compile cannot be combined with --offload blocks"),
     (["--prompt", "x", "--cache", "teacache", "--cache-threshold", "-1"], "cache threshold must be a finite number >= 0"),
     (["--prompt", "x", "--use-cpu-offload", "--offload", "blocks"], "--use-cpu-offload means --offload model"),
     (["--prompt", "x", "--offload", "blocks", "--blocks-on-device", "0"], "blocks on device must be an integer >= 1"),
