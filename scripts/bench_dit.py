@@ -36,7 +36,7 @@ def _build_pair(cfg: dict, dtype, device, with_diffusers: bool):
     import torch
 
     from hyvideo.config import DiTConfig
-    from hyvideo.convert import dit_to_diffusers
+    from hyvideo.convert import dit_config_to_diffusers, dit_to_diffusers
     from hyvideo.dit.loader import build_dit
 
     config = DiTConfig.from_dict(cfg)
@@ -50,13 +50,7 @@ def _build_pair(cfg: dict, dtype, device, with_diffusers: bool):
     from diffusers import HunyuanVideoTransformer3DModel
 
     with torch.device("meta"):
-        theirs = HunyuanVideoTransformer3DModel(
-            in_channels=16, out_channels=16, num_attention_heads=config.heads_num,
-            attention_head_dim=config.head_dim, num_layers=config.mm_double_blocks_depth,
-            num_single_layers=config.mm_single_blocks_depth, guidance_embeds=config.guidance_embed,
-            text_embed_dim=config.text_states_dim, pooled_projection_dim=config.text_states_dim_2,
-            rope_axes_dim=tuple(config.rope_dim_list),
-        )
+        theirs = HunyuanVideoTransformer3DModel(**dit_config_to_diffusers(config))
     theirs.load_state_dict({k: v.clone() for k, v in dit_to_diffusers(ours.state_dict()).items()},
                            strict=True, assign=True)
     return ours, theirs.to(dtype).eval()

@@ -216,21 +216,14 @@ def build_dit_pair(setup: BenchSetup, device: torch.device, attention: str, seed
     """Our DiT with random weights, and diffusers' transformer holding the same tensors."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from hyvideo.convert import dit_to_diffusers
+    from hyvideo.convert import dit_config_to_diffusers, dit_to_diffusers
     from hyvideo.dit.loader import build_dit
 
     c = setup.dit
     ours = _materialize(build_dit(c, dtype=setup.dit_dtype, device="meta", attention_backend=attention),
                         device, seed)
     with torch.device("meta"):
-        theirs = HunyuanVideoTransformer3DModel(
-            in_channels=c.in_channels, out_channels=c.out_channels, num_attention_heads=c.heads_num,
-            attention_head_dim=c.head_dim, num_layers=c.mm_double_blocks_depth,
-            num_single_layers=c.mm_single_blocks_depth, num_refiner_layers=c.token_refiner_depth,
-            mlp_ratio=c.mlp_width_ratio, patch_size=c.patch_size[1], patch_size_t=c.patch_size[0],
-            guidance_embeds=c.guidance_embed, text_embed_dim=c.text_states_dim,
-            pooled_projection_dim=c.text_states_dim_2, rope_theta=c.rope_theta,
-            rope_axes_dim=tuple(c.rope_dim_list))
+        theirs = HunyuanVideoTransformer3DModel(**dit_config_to_diffusers(c))
     theirs.load_state_dict(_in_dtype(dit_to_diffusers(ours.state_dict()), setup.dit_dtype),
                            strict=True, assign=True)
     return ours, theirs.eval().requires_grad_(False)

@@ -8,22 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyvideo.convert import dit_from_diffusers, dit_to_diffusers
+from hyvideo.convert import dit_config_to_diffusers, dit_from_diffusers, dit_to_diffusers
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
 diffusers = pytest.importorskip("diffusers")
 
 
 def _diffusers_model(cfg, state):
-    model = diffusers.HunyuanVideoTransformer3DModel(
-        in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_attention_heads=cfg.heads_num,
-        attention_head_dim=cfg.head_dim, num_layers=cfg.mm_double_blocks_depth,
-        num_single_layers=cfg.mm_single_blocks_depth, num_refiner_layers=cfg.token_refiner_depth,
-        mlp_ratio=cfg.mlp_width_ratio, patch_size=cfg.patch_size[1], patch_size_t=cfg.patch_size[0],
-        guidance_embeds=cfg.guidance_embed, text_embed_dim=cfg.text_states_dim,
-        pooled_projection_dim=cfg.text_states_dim_2, rope_theta=cfg.rope_theta,
-        rope_axes_dim=cfg.rope_dim_list,
-    )
+    model = diffusers.HunyuanVideoTransformer3DModel(**dit_config_to_diffusers(cfg))
     model.load_state_dict(dit_to_diffusers(state), strict=True)
     return model.eval()
 
