@@ -111,7 +111,7 @@ def resolve_backend(backend: str, device: torch.device, uniform: bool) -> str:
         return backend
     if uniform or device.type == "cpu":
         return "sdpa"
-    if flash_available() and device.type == "cuda":
+    if flash_available():  # flash-attn installs only where its GPU kernels build
         return "flash"
     return "flex" if flex_available() else "sdpa"
 
