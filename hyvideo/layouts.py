@@ -15,7 +15,6 @@ names, one sub-folder per component:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from hyvideo.config import DiTConfig, dtype_of
 from hyvideo.convert import dit_config_from_diffusers, dit_from_diffusers, official_dit_state
-from hyvideo.loading import CheckpointError, read_checkpoint
+from hyvideo.loading import CheckpointError, read_checkpoint, read_json, safetensors_files
 
 if TYPE_CHECKING:
     from hyvideo.components import PipelineOptions
@@ -92,38 +91,16 @@ def diffusers_paths(opts: PipelineOptions) -> DiffusersPaths:
     return DiffusersPaths(**paths)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"missing {path.name} in {path.parent}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"cannot parse {path}: {exc}") from exc
-
-
 def shard_files(folder: Path, weights_name: str = TRANSFORMER_WEIGHTS) -> list[Path]:
     """The weight files of a diffusers model folder: the index's shards, else the single file."""
-    index = folder / f"{weights_name}.index.json"
-    if index.is_file():
-        names = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        files = [folder / n for n in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing or not files:
-            raise CheckpointError(f"{index} names shards that are missing: {missing}")
-        return files
-    if (folder / weights_name).is_file():
-        return [folder / weights_name]
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no {weights_name} (or shard index) in {folder}")
-    return files
+    return safetensors_files(folder, weights_name)
 
 
 def read_diffusers_transformer(folder: str | Path) -> tuple[DiTConfig, dict[str, torch.Tensor]]:
     """``transformer/`` -> (our DiTConfig, the state dict under official key names)."""
     folder = Path(folder)
     try:
-        config = dit_config_from_diffusers(_read_json(folder / "config.json"))
+        config = dit_config_from_diffusers(read_json(folder / "config.json"))
     except (TypeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise
@@ -177,7 +154,7 @@ def load_diffusers_vae(folder: str | Path, *, dtype: torch.dtype = torch.float16
     from hyvideo.vae import load_vae
 
     folder = Path(folder)
-    config = vae_config_from_diffusers(_read_json(folder / "config.json"), str(folder / "config.json"))
+    config = vae_config_from_diffusers(read_json(folder / "config.json"), str(folder / "config.json"))
     files = shard_files(folder)
     if len(files) != 1:
         raise CheckpointError(f"{folder}: expected one VAE weight file, found {[f.name for f in files]}")
@@ -236,7 +213,7 @@ def load_diffusers_components(opts: PipelineOptions, expected: DiTConfig | None,
 
 def _differs(folder: Path, expected: DiTConfig) -> bool:
     try:
-        return dit_config_from_diffusers(_read_json(folder / "config.json")) != expected
+        return dit_config_from_diffusers(read_json(folder / "config.json")) != expected
     except ValueError:
         return True  # the load reports it
 

@@ -8,6 +8,7 @@ mismatches, with counts, so a wrong file is diagnosed from the message alone.
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +18,8 @@ from torch import nn
 
 __all__ = [
     "CheckpointError",
+    "read_json",
+    "safetensors_files",
     "read_checkpoint",
     "read_state_dict",
     "check_state_dict",
@@ -28,6 +31,44 @@ _SHOW = 5  # how many keys of each kind of mismatch the error message lists
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, unsafe, or does not match the model."""
+
+
+def _because(hint: str) -> str:
+    return f" ({hint})" if hint else ""
+
+
+def read_json(path: Path, hint: str = "") -> dict:
+    """A JSON file (a model's config.json, a shard index) as a dict; a missing or unparsable file
+    is a one-line CheckpointError, with ``hint`` saying where the file should come from."""
+    if not path.is_file():
+        raise CheckpointError(f"no {path.name} in {path.parent}{_because(hint)}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"cannot parse {path}: {exc}{_because(hint)}") from exc
+
+
+def safetensors_files(folder: Path, weights_name: str = "model.safetensors", hint: str = "") -> list[Path]:
+    """The weights of a Hugging Face style folder: the shards listed by
+    ``<weights_name>.index.json``, else ``<weights_name>``, else every ``*.safetensors``."""
+    index = folder / f"{weights_name}.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(read_json(index, hint)["weight_map"].values()))
+        except (KeyError, AttributeError, TypeError) as exc:
+            raise CheckpointError(f"cannot read the shard index {index}: no weight_map{_because(hint)}") from exc
+        files = [folder / name for name in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing or not files:
+            raise CheckpointError(f"{index} names shards that are missing: {missing}{_because(hint)}")
+        return files
+    if (folder / weights_name).is_file():
+        return [folder / weights_name]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no safetensors weights ({weights_name} or a shard index) in "
+                              f"{folder}{_because(hint)}")
+    return files
 
 
 def read_checkpoint(path: str | Path) -> object:

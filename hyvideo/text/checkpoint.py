@@ -7,14 +7,13 @@ so the peak memory is about the model in its final precision.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from hyvideo.loading import CheckpointError, assign_state_dict, check_state_dict
+from hyvideo.loading import CheckpointError, assign_state_dict, check_state_dict, read_json, safetensors_files
 
 __all__ = ["read_config", "weight_files", "read_weights", "assign_weights", "materialized"]
 
@@ -25,34 +24,12 @@ def read_config(folder: Path, hint: str) -> dict:
     """``folder/config.json`` as a dict; a missing folder or file is a one-line CheckpointError."""
     if not folder.is_dir():
         raise CheckpointError(f"text encoder folder not found: {folder} ({hint})")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"no config.json in {folder} ({hint})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"cannot parse {path}: {exc}") from exc
+    return read_json(folder / "config.json", hint)
 
 
 def weight_files(folder: Path, hint: str) -> list[Path]:
     """The safetensors files of ``folder``: the index's shards, else ``model.safetensors``."""
-    index = folder / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"cannot read the shard index {index}: {exc}") from exc
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index} names shards that are missing: {missing} ({hint})")
-        return files
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"no safetensors weights in {folder} ({hint})")
-    return files
+    return safetensors_files(folder, "model.safetensors", hint)
 
 
 def read_weights(
