@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import sample_video
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_process
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 from tests.parallel_worker import tiny_vae_and_latents
 
@@ -153,8 +153,4 @@ def test_web_demo_under_torchrun_rank0_serves_and_cancel_reaches_every_rank(tmp_
         assert read_mp4_frames(mp4).shape == (5, 32, 48, 3)  # both ranks are free and in step
         assert proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
