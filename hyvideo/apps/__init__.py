@@ -1,0 +1,1 @@
+"""Applications: the CLI, the web demo, batch files, video writing, prompt rewrite."""

@@ -1,0 +1,1 @@
+"""Checkpoints: safe reading, key tables, layouts."""

@@ -1,0 +1,1 @@
+"""The story: request -> text -> noise -> sigmas -> denoise -> decode."""
