@@ -69,8 +69,8 @@ def allowed_paths(output_dir: Path) -> list[str]:
 
 def start_parallel_server(args):
     """Under torchrun: validate the degrees for the model's default size and join the group."""
-    from hyvideo.config import load_variant
-    from hyvideo.pipeline import GenerationRequest
+    from hyvideo.pipeline.variants import load_variant
+    from hyvideo.pipeline.t2v import GenerationRequest
     from sample_video import parallel_config, start_parallel
 
     variant = load_variant(args.model)
@@ -80,11 +80,11 @@ def start_parallel_server(args):
 
 
 def serve(args) -> int:
-    from hyvideo.components import load_pipeline
-    from hyvideo.loading import CheckpointError
+    from hyvideo.pipeline.components import load_pipeline
+    from hyvideo.checkpoints.reading import CheckpointError
 
     try:
-        from hyvideo.webui import Limits, build_demo
+        from hyvideo.apps.web import Limits, build_demo
     except ModuleNotFoundError as exc:
         if exc.name != "gradio":
             raise
@@ -97,8 +97,8 @@ def serve(args) -> int:
     except (CheckpointError, ValueError) as exc:
         return fail(str(exc))
     if state is not None:
-        from hyvideo.config import load_variant
-        from hyvideo.parallel import LeaderPipeline, follow
+        from hyvideo.pipeline.variants import load_variant
+        from hyvideo.runtime.parallel import LeaderPipeline, follow
 
         if not state.is_main:  # the other ranks run rank 0's requests in step with it
             follow(pipe)
@@ -120,9 +120,9 @@ def serve(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from hyvideo.config import variant_files
+    from hyvideo.pipeline.variants import variant_names
 
-    variants = list(variant_files())
+    variants = variant_names()
     args = build_parser(variants).parse_args(argv)
     if args.model not in variants:
         return fail(f"unknown model {args.model!r}; choose one of: {', '.join(variants)}")

@@ -147,7 +147,7 @@ def fail(message: str) -> int:
 
 
 def pipeline_options(args):
-    from hyvideo.components import PipelineOptions
+    from hyvideo.pipeline.components import PipelineOptions
 
     return PipelineOptions(
         model=args.model, model_base=args.model_base, dit_weight=args.dit_weight, vae_path=args.vae_path,
@@ -168,7 +168,7 @@ def pipeline_options(args):
 
 def lora_specs(args) -> tuple:
     """``--lora PATH[:SCALE]`` flags as LoraSpecs, each file checked to exist (before loading)."""
-    from hyvideo.lora import LoraSpec
+    from hyvideo.dit.lora import LoraSpec
 
     specs = tuple(LoraSpec.parse(text) for text in args.lora)
     for spec in specs:
@@ -179,7 +179,7 @@ def lora_specs(args) -> tuple:
 
 def rewrite_options(args):
     """The ``--rewrite*`` flags as RewriteOptions; None without --rewrite."""
-    from hyvideo.rewrite import RewriteOptions
+    from hyvideo.apps.rewrite import RewriteOptions
 
     given = [f for f in ("rewrite_endpoint", "rewrite_model_path") if getattr(args, f)]
     if args.rewrite is None:
@@ -201,7 +201,7 @@ def rewrite_options(args):
 
 def rewrite_jobs(jobs, args) -> dict:
     """job id -> Rewrite for every job (before the models load: fails fast, frees the rewriter)."""
-    from hyvideo.rewrite import build_rewriter
+    from hyvideo.apps.rewrite import build_rewriter
 
     opts = rewrite_options(args)
     if opts is None:
@@ -212,7 +212,7 @@ def rewrite_jobs(jobs, args) -> dict:
 
 def base_request(args, defaults, resolutions):
     """The request every job starts from: variant defaults, then the flags given."""
-    from hyvideo.pipeline import GenerationRequest
+    from hyvideo.pipeline.t2v import GenerationRequest
 
     size = args.video_size or (resolutions[args.resolution] if args.resolution else (None, None))
     return GenerationRequest.from_defaults(
@@ -225,7 +225,7 @@ def base_request(args, defaults, resolutions):
 
 
 def make_jobs(args, request):
-    from hyvideo.batch import Manifest, PromptJob, read_prompt_file
+    from hyvideo.apps.batch import Manifest, PromptJob, read_prompt_file
 
     if args.prompt_file:
         jobs = read_prompt_file(args.prompt_file, request.seed)
@@ -255,7 +255,7 @@ def check_save_path(path: Path, flag: str = "--save-path") -> None:
 
 
 def write_output(result, index: int, job, args, pipe, extra: dict | None = None) -> tuple[Path, dict]:
-    from hyvideo.video_io import slug, unique_path, write_frames, write_latents, write_mp4
+    from hyvideo.apps.video_io import slug, unique_path, write_frames, write_latents, write_mp4
 
     seed = result.seeds[index]
     meta = {**result.request.settings(), "seed": seed, "model": pipe.name, "id": job.id,
@@ -274,7 +274,7 @@ def parallel_config(args, request, variant):
     With --cfg-scale > 1 and twice as many processes as ulysses x ring, the negative and
     positive branches run on two rank groups (CFG parallel).
     """
-    from hyvideo.parallel import ParallelConfig, check_degrees
+    from hyvideo.runtime.parallel import ParallelConfig, check_degrees
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     sp = args.ulysses_degree * args.ring_degree
@@ -291,8 +291,8 @@ def parallel_config(args, request, variant):
 
 def start_parallel(config, args):
     """Join torchrun's process group (gloo on CPU, NCCL on GPUs); pin this rank's device."""
-    from hyvideo.components import device_for_rank
-    from hyvideo.parallel import init_parallel
+    from hyvideo.pipeline.components import device_for_rank
+    from hyvideo.runtime.parallel import init_parallel
 
     if args.device is None:
         args.device = str(device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
@@ -328,7 +328,7 @@ def run_jobs(pipe, jobs, request, args, rewrites: dict | None = None) -> None:
 
     import torch
 
-    from hyvideo.batch import Manifest
+    from hyvideo.apps.batch import Manifest
 
     manifest = Manifest(args.save_path)
     for job in jobs:
@@ -358,10 +358,10 @@ def run_jobs(pipe, jobs, request, args, rewrites: dict | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    from hyvideo.config import variant_files
-    from hyvideo.pipeline import RESOLUTIONS
+    from hyvideo.pipeline.variants import variant_names
+    from hyvideo.pipeline.t2v import RESOLUTIONS
 
-    variants = list(variant_files())
+    variants = variant_names()
     args = build_parser(variants, list(RESOLUTIONS)).parse_args(argv)
     try:
         return generate(args, variants)
@@ -372,12 +372,12 @@ def main(argv: list[str] | None = None) -> int:
 def generate(args, variants) -> int:
     import torch
 
-    from hyvideo.batch import PromptFileError
-    from hyvideo.components import load_pipeline
-    from hyvideo.config import load_variant
-    from hyvideo.loading import CheckpointError
-    from hyvideo.pipeline import RESOLUTIONS, UsageError
-    from hyvideo.rewrite import RewriteError
+    from hyvideo.apps.batch import PromptFileError
+    from hyvideo.pipeline.components import load_pipeline
+    from hyvideo.pipeline.variants import load_variant
+    from hyvideo.checkpoints.reading import CheckpointError
+    from hyvideo.pipeline.t2v import RESOLUTIONS, UsageError
+    from hyvideo.apps.rewrite import RewriteError
 
     if args.model not in variants:
         return fail(f"unknown model {args.model!r}; choose one of: {', '.join(variants)}")

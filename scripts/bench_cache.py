@@ -37,16 +37,16 @@ def build(args):
     """(pipeline with a larger random DiT, text conditioning, starting noise, schedule)."""
     import torch
 
-    from hyvideo.components import (
+    from hyvideo.pipeline.components import (
         TINY,
         PipelineOptions,
         _randomize,
         tiny_random_pipeline,
     )
-    from hyvideo.config import load_variant
+    from hyvideo.pipeline.variants import load_variant
     from hyvideo.dit.loader import build_dit
-    from hyvideo.pipeline import draw_noise
-    from hyvideo.scheduler import FlowMatchSchedule
+    from hyvideo.pipeline.t2v import draw_noise
+    from hyvideo.pipeline.scheduler import FlowMatchSchedule
 
     pipe = tiny_random_pipeline(PipelineOptions(model=TINY, device=args.device))
     head_dim = args.hidden // args.heads
@@ -73,8 +73,8 @@ def timed_denoise(pipe, request, cond, noise, schedule, cache_config):
     """(latents, seconds, stats or None) for one generation's denoising loop."""
     import torch
 
-    from hyvideo.cache import enable_step_cache
-    from hyvideo.denoise import denoise
+    from hyvideo.runtime.cache import enable_step_cache
+    from hyvideo.pipeline.denoise import denoise
 
     cache = enable_step_cache(pipe.dit, cache_config)
     try:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hyvideo.cache import CacheConfig
+    from hyvideo.runtime.cache import CacheConfig
 
     torch.manual_seed(0)
     pipe, request, cond, noise, schedule = build(args)

@@ -7,7 +7,7 @@ peak resident memory (ru_maxrss) is attributable to one model.
     python scripts/bench_dit.py                      # CPU medium config, ratios
     python scripts/bench_dit.py --full --device cuda # full-size bf16 on a GPU, MFU
 
-FLOPs of one forward (for TFLOP/s and MFU): hyvideo.flops.dit_forward_flops, the convention of
+FLOPs of one forward (for TFLOP/s and MFU): hyvideo.runtime.flops.dit_forward_flops, the convention of
 the issue's 12.07 PFLOP figure (all text positions counted).
 """
 
@@ -35,8 +35,8 @@ def _build_pair(cfg: dict, dtype, device, with_diffusers: bool):
     """Our DiT with random weights and (optionally) diffusers' model holding the same weights."""
     import torch
 
-    from hyvideo.config import DiTConfig
-    from hyvideo.convert import dit_config_to_diffusers, dit_to_diffusers
+    from hyvideo.dit.config import DiTConfig
+    from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_to_diffusers
     from hyvideo.dit.loader import build_dit
 
     config = DiTConfig.from_dict(cfg)
@@ -92,7 +92,7 @@ def _dtypes():
 
 def _compiled_twin(ours):
     """A second DiT sharing ``ours``'s weight tensors, with its blocks compiled (--compile)."""
-    from hyvideo.dit.compile import compile_blocks
+    from hyvideo.runtime.compile import compile_blocks
     from hyvideo.dit.loader import build_dit
 
     twin = build_dit(ours.config, dtype=ours.dtype, device="meta")
@@ -234,8 +234,8 @@ def main() -> int:
         dtype = "bf16"
     else:
         cfg, inp, dtype = MEDIUM, MEDIUM_INPUT, "fp32"
-    from hyvideo.config import DiTConfig
-    from hyvideo.flops import dit_forward_flops, image_tokens
+    from hyvideo.dit.config import DiTConfig
+    from hyvideo.runtime.flops import dit_forward_flops, image_tokens
 
     config = DiTConfig.from_dict(cfg)
     latent_thw = tuple(inp["latent"][1:])

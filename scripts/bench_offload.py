@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyvideo.config import DiTConfig
+from hyvideo.dit.config import DiTConfig
 from hyvideo.dit.loader import build_dit
-from hyvideo.offload import MODES, OffloadConfig, is_accelerator, offload_components
+from hyvideo.runtime.offload import MODES, OffloadConfig, is_accelerator, offload_components
 
 
 def build(args) -> tuple[torch.nn.Module, tuple]:

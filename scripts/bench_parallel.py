@@ -30,9 +30,9 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hyvideo.config import DiTConfig  # noqa: E402
+from hyvideo.dit.config import DiTConfig  # noqa: E402
 from hyvideo.dit.loader import build_dit  # noqa: E402
-from hyvideo.parallel import ParallelConfig, check_degrees, enable_sequence_parallel, init_parallel  # noqa: E402
+from hyvideo.runtime.parallel import ParallelConfig, check_degrees, enable_sequence_parallel, init_parallel  # noqa: E402
 
 TINY = dict(hidden_size=256, heads_num=8, mm_double_blocks_depth=2, mm_single_blocks_depth=4,
             text_states_dim=256, text_states_dim_2=64, rope_dim_list=[8, 12, 12], guidance_embed=True)

@@ -57,8 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hyvideo.config import CONFIG_DIR, DiTConfig, SamplingDefaults
-from hyvideo.flops import dit_forward_flops
+from hyvideo.dit.config import DiTConfig
+from hyvideo.pipeline.variants import SamplingDefaults, variant_spec
+from hyvideo.runtime.flops import dit_forward_flops
 from hyvideo.vae import VAEConfig
 
 PROMPT = "A cat walks on the grass, realistic style."
@@ -111,7 +112,7 @@ class BenchSetup:
 
 
 def _released_dit(**overrides) -> DiTConfig:
-    data = json.loads((CONFIG_DIR / "HYVideo-T2-cfgdistill.json").read_text())["dit"]
+    data = variant_spec("HYVideo-T/2-cfgdistill")["dit"]
     return DiTConfig.from_dict({**data, **overrides})
 
 
@@ -130,7 +131,7 @@ def make_setup(preset: str, height: int | None = None, width: int | None = None,
                                        norm_num_groups=8))
         setup = BenchSetup("medium", dit, vae, llm, CLIP_L, 256, 256, 17)
     elif preset == "tiny":
-        spec = json.loads((CONFIG_DIR / "tiny-random.json").read_text())
+        spec = variant_spec("tiny-random")
         dit = _released_dit(**spec["dit"])
         setup = BenchSetup("tiny", dit, VAEConfig.from_dict(spec["vae"]), spec["text_encoder"],
                            spec["text_encoder_2"], 64, 64, 9)
@@ -216,7 +217,7 @@ def build_dit_pair(setup: BenchSetup, device: torch.device, attention: str, seed
     """Our DiT with random weights, and diffusers' transformer holding the same tensors."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from hyvideo.convert import dit_config_to_diffusers, dit_to_diffusers
+    from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_to_diffusers
     from hyvideo.dit.loader import build_dit
 
     c = setup.dit
@@ -269,7 +270,7 @@ def _same_tiling(ours_vae, theirs_vae, tiling: bool) -> None:
 
 @dataclass
 class Pipelines:
-    ours: object  # hyvideo.pipeline.HunyuanVideoPipeline
+    ours: object  # hyvideo.pipeline.t2v.HunyuanVideoPipeline
     diffusers: object  # diffusers.HunyuanVideoPipeline
     weight_bytes: int  # every tensor held, counted once
     shared_bytes: int  # bytes of diffusers' DiT and VAE tensors that are ours too
@@ -282,7 +283,7 @@ def build_pipelines(setup: BenchSetup, device: torch.device, attention: str = "s
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers import HunyuanVideoPipeline as DiffusersPipeline
 
-    from hyvideo.pipeline import HunyuanVideoPipeline
+    from hyvideo.pipeline.t2v import HunyuanVideoPipeline
     from hyvideo.text import CLIPTextEncoder, LLMTextEncoder, TextEncoders
 
     llm_tok, clip_tok = tokenizers()
@@ -455,7 +456,7 @@ def run_diffusers(pipe, setup: BenchSetup, steps: int, clock: StageClock, noise:
 
 def starting_noise(pipe, setup: BenchSetup, device: torch.device) -> torch.Tensor:
     """The noise our pipeline draws for ``SEED`` (same generator, shape and dtype)."""
-    from hyvideo.pipeline import draw_noise
+    from hyvideo.pipeline.t2v import draw_noise
 
     thw = pipe.vae.latent_shape(setup.frames, setup.height, setup.width)
     return draw_noise((pipe.dit.config.in_channels, *thw), [SEED], device, setup.text_dtype)
@@ -528,7 +529,7 @@ def benchmark(setup: BenchSetup, device: torch.device, *, steps: int, repeats: i
     """Build both pipelines, run them alternated, and return every figure of the report."""
     if steps < 1 or repeats < 1 or warmup < 0:
         raise ValueError("--steps and --repeats must be >= 1 and --warmup >= 0")
-    from hyvideo.pipeline import GenerationRequest
+    from hyvideo.pipeline.t2v import GenerationRequest
 
     # Sizes checked before minutes of building: a one-line UsageError (a ValueError) naming the fix.
     GenerationRequest(PROMPT, height=setup.height, width=setup.width,
@@ -667,7 +668,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hyvideo.components import default_device
+    from hyvideo.pipeline.components import default_device
 
     device = torch.device(args.device) if args.device else default_device()
     if args.full and device.type == "cpu":

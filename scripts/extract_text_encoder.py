@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from hyvideo.loading import CheckpointError  # noqa: E402
+from hyvideo.checkpoints.reading import CheckpointError  # noqa: E402
 from hyvideo.text.extract import ExtractError, extract_text_encoder  # noqa: E402
 
 

@@ -14,8 +14,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from hyvideo.cache import CacheConfig, enable_step_cache
-from hyvideo.parallel import (
+from hyvideo.runtime.cache import CacheConfig, enable_step_cache
+from hyvideo.runtime.parallel import (
     CfgParallel,
     ParallelConfig,
     enable_sequence_parallel,

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from hyvideo.config import DiTConfig
+from hyvideo.dit.config import DiTConfig
 from hyvideo.dit.loader import build_dit
 
 

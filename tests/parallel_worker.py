@@ -10,10 +10,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-from hyvideo.parallel import (CfgParallel, ParallelConfig, enable_sequence_parallel, init_parallel)
-from hyvideo.conditioning import TextConditioning
-from hyvideo.denoise import denoise
-from hyvideo.scheduler import FlowMatchSchedule
+from hyvideo.runtime.parallel import (CfgParallel, ParallelConfig, enable_sequence_parallel, init_parallel)
+from hyvideo.text.conditioning import TextConditioning
+from hyvideo.pipeline.denoise import denoise
+from hyvideo.pipeline.scheduler import FlowMatchSchedule
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
 
@@ -65,7 +65,7 @@ def tiny_vae_and_latents():
 
 
 def decode_in_parallel():
-    from hyvideo.parallel import parallel_tiled_decode
+    from hyvideo.runtime.parallel import parallel_tiled_decode
 
     vae, z, tiling = tiny_vae_and_latents()
     with torch.inference_mode():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hyvideo.config import load_variant
-from hyvideo.flops import attention_flops, dit_forward_flops, image_tokens, linear_flops
+from hyvideo.pipeline.variants import load_variant
+from hyvideo.runtime.flops import attention_flops, dit_forward_flops, image_tokens, linear_flops
 from tests.dit_utils import random_dit, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Step caches (hyvideo.cache): exactness at threshold 0, determinism, the published decision
+"""Step caches (hyvideo.runtime.cache): exactness at threshold 0, determinism, the published decision
 rules recomputed independently, skipped steps = input + cached residual, stale shapes, errors,
 and identical decisions across sequence-parallel ranks (gloo, 2 processes)."""
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyvideo.cache import (
+from hyvideo.runtime.cache import (
     TEACACHE_HUNYUAN_COEFFICIENTS,
     CacheConfig,
     FirstBlockCache,
@@ -22,9 +22,9 @@ from hyvideo.cache import (
     make_step_cache,
     rescale_teacache,
 )
-from hyvideo.conditioning import TextConditioning
-from hyvideo.denoise import denoise
-from hyvideo.scheduler import FlowMatchSchedule
+from hyvideo.text.conditioning import TextConditioning
+from hyvideo.pipeline.denoise import denoise
+from hyvideo.pipeline.scheduler import FlowMatchSchedule
 from tests.conftest import ROOT
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 

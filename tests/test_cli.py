@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sample_video
-from hyvideo.video_io import read_mp4_frames, read_mp4_metadata
+from hyvideo.apps.video_io import read_mp4_frames, read_mp4_metadata
 from tests.conftest import ROOT
 
 SMALL = ["--model", "tiny-random", "--video-size", "64", "96", "--video-length", "9", "--infer-steps", "3",
@@ -112,7 +112,7 @@ def test_cache_flag_records_what_it_skipped(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from hyvideo.components import tiny_random_pipeline
+    from hyvideo.pipeline.components import tiny_random_pipeline
 
     return tiny_random_pipeline()
 
@@ -163,7 +163,7 @@ def test_batch_csv_with_multiline_quoted_and_unicode_rows(tmp_path):
 
 
 def test_jsonl_and_txt_prompt_files(tmp_path):
-    from hyvideo.batch import read_prompt_file
+    from hyvideo.apps.batch import read_prompt_file
 
     j = tmp_path / "p.jsonl"
     j.write_text('{"prompt": "a", "seed": 9}\n\n{"prompt": "b", "id": "x", "negative_prompt": "blur"}\n')
@@ -267,7 +267,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
 
 
 def test_out_of_memory_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    from hyvideo.pipeline import HunyuanVideoPipeline
+    from hyvideo.pipeline.t2v import HunyuanVideoPipeline
 
     def boom(self, *a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from hyvideo.dit.compile import compile_blocks, is_compiled, reset_compiled
+from hyvideo.runtime.compile import compile_blocks, is_compiled, reset_compiled
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
 # (latent T, H, W), text length, valid lengths: three resolutions and prompt lengths.

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from hyvideo.dit.fp8 import FP8_DTYPE, FP8Linear, fp8_layer_names
 from hyvideo.dit.loader import build_dit, load_dit
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
 

@@ -136,20 +136,20 @@ class FlakyPipeline:
     def __init__(self):
         import torch
 
-        from hyvideo.config import SamplingDefaults
+        from hyvideo.pipeline.variants import SamplingDefaults
 
         self.device = torch.device("cpu")
         self.defaults = SamplingDefaults(height=32, width=48, video_length=5, infer_steps=2)
 
     def request(self, prompt, **overrides):
-        from hyvideo.pipeline import GenerationRequest
+        from hyvideo.pipeline.t2v import GenerationRequest
 
         return GenerationRequest.from_defaults(self.defaults, prompt=prompt, **overrides)
 
     def __call__(self, request, *, callback, decode, show_progress):
         import torch
 
-        from hyvideo.pipeline import GenerationResult, Progress
+        from hyvideo.pipeline.t2v import GenerationResult, Progress
 
         self.calls += 1
         callback(Progress("text", 0, 1))
@@ -170,7 +170,7 @@ def in_process_form(prompt="a cat", seed=7):
 def webui():
     if gradio_client is None:
         require("gradio is not installed (pip install gradio gradio_client)")
-    from hyvideo import webui
+    from hyvideo.apps import web as webui
 
     return webui
 
@@ -178,7 +178,7 @@ def webui():
 def test_a_failed_generation_gives_one_line_and_leaves_the_server_usable(webui, tmp_path, caplog):
     import gradio as gr
 
-    from hyvideo.video_io import read_mp4_frames
+    from hyvideo.apps.video_io import read_mp4_frames
 
     gen = webui.Generator(FlakyPipeline(), tmp_path, webui.Limits())
     generate = webui.make_generate(gen)
@@ -203,7 +203,7 @@ def test_cancel_reaches_only_its_own_session(webui):
 
 
 def test_presets_respect_the_pixel_limit_and_keep_the_official_names(webui):
-    from hyvideo.pipeline import RESOLUTIONS
+    from hyvideo.pipeline.t2v import RESOLUTIONS
 
     presets = webui.size_presets(FlakyPipeline(), webui.Limits(max_pixels=960 * 544))
     assert presets["default"] == (32, 48) and presets["540p-16:9"] == (544, 960)
@@ -223,7 +223,7 @@ def test_the_page_builds_with_named_api_endpoints(webui, tmp_path):
 # --- API (gradio_client) ---------------------------------------------------------------------
 
 def test_api_generate_returns_the_requested_mp4_with_its_settings(server):
-    from hyvideo.video_io import read_mp4_frames, read_mp4_metadata
+    from hyvideo.apps.video_io import read_mp4_frames, read_mp4_metadata
 
     url, out = server
     video, mp4, seed_used, settings, status, *_ = generate(

@@ -19,9 +19,9 @@ from safetensors.torch import load_file, save_file
 import sample_video
 from hyvideo.conformance.core import Case, worst_ratio
 from hyvideo.conformance.dit_kinds import dit_config
-from hyvideo.convert import dit_config_to_diffusers, dit_to_diffusers, official_dit_state
+from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_to_diffusers, official_dit_state
 from hyvideo.dit.loader import load_dit
-from hyvideo.layouts import (
+from hyvideo.pipeline.layouts import (
     DIFFUSERS,
     OFFICIAL,
     detect_layout,
@@ -29,7 +29,7 @@ from hyvideo.layouts import (
     load_diffusers_vae,
     read_diffusers_transformer,
 )
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -210,7 +210,7 @@ def write_diffusers_layout(root: Path, pipe) -> Path:
 
 
 def test_pipeline_from_diffusers_layout_equals_the_in_memory_one(tmp_path):
-    from hyvideo.components import PipelineOptions, load_pipeline, tiny_random_pipeline
+    from hyvideo.pipeline.components import PipelineOptions, load_pipeline, tiny_random_pipeline
 
     reference = tiny_random_pipeline(PipelineOptions(model="tiny-random", device="cpu"))
     base = write_diffusers_layout(tmp_path / "HunyuanVideo", reference)

@@ -1,6 +1,6 @@
 """LoRA: every file format changes the output exactly as the merged weights do.
 
-The expected model is built independently of hyvideo.lora: the LoRA's ``B @ A`` is added to the
+The expected model is built independently of hyvideo.dit.lora: the LoRA's ``B @ A`` is added to the
 weights in the file's own naming (diffusers names for a diffusers LoRA, through the checkpoint
 conversion that tests/test_layouts.py checks against diffusers' converter), then loaded normally.
 """
@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 import sample_video
-from hyvideo.convert import dit_from_diffusers, dit_to_diffusers
+from hyvideo.checkpoints.keys import dit_from_diffusers, dit_to_diffusers
 from hyvideo.dit.fp8 import FP8Linear, convert_to_fp8
-from hyvideo.lora import (
+from hyvideo.dit.lora import (
     LoRALinear,
     LoraError,
     LoraSpec,
@@ -225,7 +225,7 @@ def test_partial_match_is_logged_with_counts(base, tmp_path, caplog):
     from safetensors.torch import load_file
 
     save_file({**load_file(str(file)), **extra}, str(file))
-    with caplog.at_level(logging.INFO, logger="hyvideo.lora"):
+    with caplog.at_level(logging.INFO, logger="hyvideo.dit.lora"):
         lora = load_lora(base, file)
     assert len(lora.layers) == len(OFFICIAL_TARGETS)
     assert f"2 of {2 * len(pairs) + 2} keys matched no DiT layer" in caplog.text
@@ -271,7 +271,7 @@ def _latents(folder):
 
 
 def test_cli_lora_changes_the_output_fused_or_as_a_branch(tmp_path):
-    from hyvideo.config import load_variant
+    from hyvideo.pipeline.variants import load_variant
     from hyvideo.dit.loader import build_dit
 
     model = build_dit(load_variant("tiny-random").dit, dtype=torch.float32, device="meta")

@@ -10,7 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from hyvideo.offload import (
+from hyvideo.runtime.offload import (
     MODES,
     BlockSwap,
     BlockSwapOffload,
@@ -290,7 +290,7 @@ def test_sequential_counts_one_module_at_a_time(dit_and_reference):
 
 @pytest.fixture(scope="module")
 def tiny_pipeline():
-    from hyvideo.components import tiny_random_pipeline
+    from hyvideo.pipeline.components import tiny_random_pipeline
 
     pipe = tiny_random_pipeline()
     request = pipe.request("a red fox in the snow", height=32, width=48, video_length=5, infer_steps=2)

@@ -97,7 +97,7 @@ def test_cli_under_torchrun_matches_single_process(tmp_path):
 def test_cli_under_torchrun_writes_one_video(tmp_path):
     proc = torchrun(2, "sample_video.py", *SMALL, "--ring-degree", "2", "--save-path", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from hyvideo.video_io import read_mp4_frames
+    from hyvideo.apps.video_io import read_mp4_frames
 
     (video,) = tmp_path.glob("*.mp4")
     assert read_mp4_frames(video).shape == (9, 64, 96, 3)
@@ -114,7 +114,7 @@ def test_cli_under_torchrun_writes_one_video(tmp_path):
 ])
 def test_invalid_degrees_fail_before_loading(tmp_path, capsys, monkeypatch, world, args, message):
     monkeypatch.setenv("WORLD_SIZE", world)
-    import hyvideo.components as components
+    import hyvideo.pipeline.components as components
 
     monkeypatch.setattr(components, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
     code = sample_video.main(["--model", "tiny-random", "--prompt", "x", "--video-size", "32", "32",
@@ -128,7 +128,7 @@ def test_web_demo_under_torchrun_rank0_serves_and_cancel_reaches_every_rank(tmp_
     pytest.importorskip("gradio_client")
     from gradio_client import Client
 
-    from hyvideo.video_io import read_mp4_frames
+    from hyvideo.apps.video_io import read_mp4_frames
     from tests.test_gradio import free_port, wait_for_progress, wait_until_up
 
     port, log = free_port(), tmp_path / "server.log"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sample_video
-from hyvideo.rewrite import (
+from hyvideo.apps.rewrite import (
     INSTRUCTIONS,
     ChatEndpoint,
     LocalCausalLM,
@@ -22,7 +22,7 @@ from hyvideo.rewrite import (
     chat_completions_url,
     clean_reply,
 )
-from hyvideo.video_io import read_mp4_metadata
+from hyvideo.apps.video_io import read_mp4_metadata
 
 
 class FakeServer:

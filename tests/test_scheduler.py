@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyvideo.scheduler import FlowMatchSchedule, flow_sigmas
+from hyvideo.pipeline.scheduler import FlowMatchSchedule, flow_sigmas
 
 
 @pytest.mark.parametrize("steps,shift", [(1, 1.0), (4, 1.0), (50, 7.0), (30, 17.0)])

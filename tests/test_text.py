@@ -14,7 +14,7 @@ from transformers import CLIPTextConfig, LlamaConfig, PreTrainedTokenizerFast
 
 from hyvideo.conformance import Case, run_case, run_manifest
 from hyvideo.conformance.text_kinds import reference_tokenizer
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text import (
     IMAGE_TEMPLATE,
     VIDEO_TEMPLATE,

@@ -13,7 +13,7 @@ from torch import nn
 
 from hyvideo.conformance import Case, run_case, run_manifest
 from hyvideo.conformance.vae_kinds import case_tiling
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.vae import TilingConfig, VAEConfig, build_vae, load_vae
 from hyvideo.vae.tiling import TilePlan, spatial_tiled, temporal_tiled
 from tests.conftest import cases_of_kind, conformance_root

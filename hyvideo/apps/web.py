@@ -22,7 +22,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from hyvideo.pipeline import (
+from hyvideo.pipeline.t2v import (
     RESOLUTIONS,
     GenerationCancelled,
     GenerationRequest,
@@ -31,7 +31,7 @@ from hyvideo.pipeline import (
     Progress,
     UsageError,
 )
-from hyvideo.video_io import slug, unique_path, write_mp4
+from hyvideo.apps.video_io import slug, unique_path, write_mp4
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from hyvideo.config import DiTConfig
+    from hyvideo.dit.config import DiTConfig
 
 _R = "context_embedder.token_refiner.refiner_blocks.{0}."
 _D = "transformer_blocks.{0}."
@@ -167,7 +167,7 @@ def dit_config_from_diffusers(config: Mapping[str, object]) -> DiTConfig:
     Raises ``ValueError`` for what the text-to-video DiT cannot be (an image-conditioned model,
     a qk-norm other than RMS).
     """
-    from hyvideo.config import DiTConfig
+    from hyvideo.dit.config import DiTConfig
 
     c = {**DIFFUSERS_DIT_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
     if c["image_condition_type"] is not None:

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from hyvideo.config import DiTConfig
-from hyvideo.conditioning import TextConditioning
-from hyvideo.denoise import StepInfo, denoise
+from hyvideo.dit.config import DiTConfig
+from hyvideo.text.conditioning import TextConditioning
+from hyvideo.pipeline.denoise import StepInfo, denoise
 from hyvideo.dit.fp8 import FP8_DTYPE, fp8_layer_names
 from hyvideo.dit.loader import build_dit, load_dit
 from hyvideo.dit.rope import rope_tables
-from hyvideo.scheduler import FlowMatchSchedule
+from hyvideo.pipeline.scheduler import FlowMatchSchedule
 from hyvideo.conformance.core import Case
 
 VAE_TIME, VAE_SPACE = 4, 8  # the 884 VAE's compression, used to map pixels to latents

@@ -128,7 +128,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             attention uses it; it always runs through SDPA (``torch`` backend: explicit softmax),
             as the reference runs it in plain torch whatever the DiT's backend.
         backend: one of ``BACKENDS`` (module docstring); or a callable ``backend(q, k, v, groups)``
-            for grouped attention across processes (sequence parallelism, hyvideo.parallel).
+            for grouped attention across processes (sequence parallelism, hyvideo.runtime.parallel).
     Returns:
         [B, S, H*D]
     """

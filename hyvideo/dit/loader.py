@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from hyvideo.config import DiTConfig
-from hyvideo.convert import official_dit_state
+from hyvideo.dit.config import DiTConfig
+from hyvideo.checkpoints.keys import official_dit_state
 from hyvideo.dit.fp8 import FP8_DTYPE, convert_to_fp8, set_fp8_scales
 from hyvideo.dit.model import HYVideoDiffusionTransformer
-from hyvideo.loading import CheckpointError, assign_state_dict, read_checkpoint, read_state_dict
+from hyvideo.checkpoints.reading import CheckpointError, assign_state_dict, read_checkpoint, read_state_dict
 
 # Tensors the reference keeps in float32 whatever the precision (built without factory kwargs).
 FLOAT32_KEYS = ("final_layer.linear.",)
@@ -46,7 +46,7 @@ def load_dit(weights: str | Path, config: DiTConfig, *, dtype: torch.dtype = tor
              ) -> HYVideoDiffusionTransformer:
     """Load a DiT checkpoint file (official ``.pt`` with ``module``/``ema``, or ``.safetensors``).
 
-    Single files in other namings load too (:func:`hyvideo.convert.official_dit_state`): a
+    Single files in other namings load too (:func:`hyvideo.checkpoints.keys.official_dit_state`): a
     ``model.diffusion_model.``-style prefix is stripped, diffusers keys are converted.
     An FP8 checkpoint (float8 weights) is recognised from its tensors; its scale map is taken
     from ``fp8_map`` or found beside the weights under the official name.

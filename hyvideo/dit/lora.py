@@ -12,7 +12,7 @@ Accepted key formats (``M`` is a module name):
 Every key is resolved to one of our Linear modules by name. diffusers modules that are slices of
 one official module (q, k, v of a fused qkv; q, k, v, mlp of a single block's ``linear1``; the
 final layer's swapped modulation halves) map to output rows through the same declarative table
-that converts checkpoints (:func:`hyvideo.convert.diffusers_module_targets`). The low-rank update
+that converts checkpoints (:func:`hyvideo.checkpoints.keys.diffusers_module_targets`). The low-rank update
 of a module is ``delta W = scale * (alpha / rank) * up @ down`` (alpha/rank only where the file
 carries alpha).
 
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hyvideo.convert import ModuleTarget, diffusers_module_targets
+from hyvideo.checkpoints.keys import ModuleTarget, diffusers_module_targets
 from hyvideo.dit.fp8 import FP8_DTYPE, FP8Linear
-from hyvideo.loading import CheckpointError, read_state_dict
+from hyvideo.checkpoints.reading import CheckpointError, read_state_dict
 
 log = logging.getLogger(__name__)
 

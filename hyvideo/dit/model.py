@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hyvideo.config import DiTConfig
+from hyvideo.dit.config import DiTConfig
 from hyvideo.dit.attention import AttentionGroups, check_backend
 from hyvideo.dit.blocks import MMDoubleStreamBlock, MMSingleStreamBlock
 from hyvideo.dit.layers import FinalLayer, MLPEmbedder, PatchEmbed, TextProjection, TimestepEmbedder
@@ -49,7 +49,7 @@ class HYVideoDiffusionTransformer(nn.Module):
         self.token_split = None  # set by set_parallel for sequence parallelism
 
     def set_parallel(self, token_split, attention_backend) -> None:
-        """Sequence parallelism (see hyvideo.parallel): ``token_split.scatter`` keeps this rank's
+        """Sequence parallelism (see hyvideo.runtime.parallel): ``token_split.scatter`` keeps this rank's
         image tokens and RoPE rows after patch embedding, ``token_split.gather`` collects the
         final tokens, and the callable ``attention_backend`` attends across ranks."""
         self.token_split = token_split
@@ -125,11 +125,11 @@ class HYVideoDiffusionTransformer(nn.Module):
             out = self.token_split.gather(out)  # the one gather per forward
         return self.unpatchify(out, grid)
 
-    # A step cache (hyvideo.cache) that may replace the block loop on some denoising steps.
+    # A step cache (hyvideo.runtime.cache) that may replace the block loop on some denoising steps.
     step_cache = None
 
     def set_step_cache(self, cache) -> None:
-        """Attach a :class:`hyvideo.cache.StepCache` (None detaches it)."""
+        """Attach a :class:`hyvideo.runtime.cache.StepCache` (None detaches it)."""
         self.step_cache = cache
 
     def run_blocks(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope,

@@ -8,16 +8,15 @@ before minutes of loading.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hyvideo.config import CONFIG_DIR, dtype_of, load_variant
-from hyvideo.loading import CheckpointError
-from hyvideo.pipeline import HunyuanVideoPipeline
+from hyvideo.pipeline.variants import dtype_of, load_variant, variant_spec
+from hyvideo.checkpoints.reading import CheckpointError
+from hyvideo.pipeline.t2v import HunyuanVideoPipeline
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class PipelineOptions:
     use_fp8: bool = False
     vae_tiling: bool = True
     use_cpu_offload: bool = False  # the official flag: an alias of offload="model"
-    offload: str | None = None  # none | model | sequential | blocks (hyvideo.offload)
+    offload: str | None = None  # none | model | sequential | blocks (hyvideo.runtime.offload)
     blocks_on_device: int = 2  # K for offload="blocks"
     fp8_matmul: bool = False  # with use_fp8: float8 products (torch._scaled_mm)
     fp8_activation_scale: str = "token"  # token | tensor
@@ -68,9 +67,9 @@ class PipelineOptions:
     apply_final_norm: bool = False
     text_len_2: int = 77
     device: str | None = None
-    loras: tuple = ()  # hyvideo.lora.LoraSpec each (--lora PATH[:SCALE])
+    loras: tuple = ()  # hyvideo.dit.lora.LoraSpec each (--lora PATH[:SCALE])
     lora_fuse: bool = True  # merge into the weights; False: switchable side branches
-    cache: str = "none"  # step cache: none | teacache | first-block (hyvideo.cache)
+    cache: str = "none"  # step cache: none | teacache | first-block (hyvideo.runtime.cache)
     cache_threshold: float | None = None  # None: the mode's suggested threshold
     compile: bool = False  # regional torch.compile of the transformer blocks
     compile_mode: str = "default"
@@ -79,13 +78,13 @@ class PipelineOptions:
         return torch.device(self.device) if self.device else default_device()
 
     def offload_config(self):
-        from hyvideo.offload import OffloadConfig
+        from hyvideo.runtime.offload import OffloadConfig
 
         return OffloadConfig.from_flags(self.offload, use_cpu_offload=self.use_cpu_offload,
                                         blocks_on_device=self.blocks_on_device)
 
     def cache_config(self):
-        from hyvideo.cache import CacheConfig
+        from hyvideo.runtime.cache import CacheConfig
 
         return CacheConfig(self.cache, self.cache_threshold)
 
@@ -135,7 +134,7 @@ def component_paths(opts: PipelineOptions) -> ComponentPaths:
 def load_pipeline(opts: PipelineOptions, parallel=None) -> HunyuanVideoPipeline:
     """Load the official checkpoints (or build the tiny preset) into a ready pipeline.
 
-    ``parallel`` (a :class:`hyvideo.parallel.ParallelState`): only rank 0 loads the text
+    ``parallel`` (a :class:`hyvideo.runtime.parallel.ParallelState`): only rank 0 loads the text
     encoders (their output is broadcast); every rank holds the DiT and the VAE.
     """
     opts.check()
@@ -146,7 +145,7 @@ def load_pipeline(opts: PipelineOptions, parallel=None) -> HunyuanVideoPipeline:
         apply_dit_options(pipe.dit, opts, device)
         pipe.offload = _offload(pipe.dit, pipe.vae, pipe.text_encoders, device, offload)
         return pipe
-    from hyvideo.layouts import DIFFUSERS, detect_layout, load_diffusers_components
+    from hyvideo.pipeline.layouts import DIFFUSERS, detect_layout, load_diffusers_components
 
     variant = load_variant(opts.model)
     home = offload.load_device(device)
@@ -168,7 +167,7 @@ def _offload(dit, vae, text, device: torch.device, config):
     """The offload wrapper for ``config`` (None for mode none: nothing to do between stages)."""
     if config.mode == "none":
         return None
-    from hyvideo.offload import offload_components
+    from hyvideo.runtime.offload import offload_components
 
     log.info(config.describe())
     parts = {"dit": dit, "vae": vae, **({"text_encoders": text} if text is not None else {})}
@@ -204,7 +203,7 @@ def apply_dit_options(dit: torch.nn.Module, opts: PipelineOptions, device: torch
     switchable side branches; float8 products (``opts.fp8_matmul``) for the device the DiT runs
     on; the step cache (``opts.cache``); then, last, the blocks compiled (``opts.compile``)."""
     if opts.loras:
-        from hyvideo.lora import apply_loras
+        from hyvideo.dit.lora import apply_loras
 
         apply_loras(dit, opts.loras, fuse=opts.lora_fuse)
     if opts.fp8_matmul:
@@ -213,14 +212,14 @@ def apply_dit_options(dit: torch.nn.Module, opts: PipelineOptions, device: torch
         enable_fp8_matmul(dit, opts.fp8_activation_scale, device=device, dtype=dit.dtype)
         log.info(fp8_matmul_summary(dit))
     if opts.cache != "none":
-        from hyvideo.cache import enable_step_cache
+        from hyvideo.runtime.cache import enable_step_cache
 
         cache = opts.cache_config()
         enable_step_cache(dit, cache)
         log.info("step cache %s, threshold %g: skips the transformer blocks on steps whose input "
                  "changed less than that", cache.mode, cache.threshold)
     if opts.compile:
-        from hyvideo.dit.compile import compile_blocks
+        from hyvideo.runtime.compile import compile_blocks
 
         count = compile_blocks(dit, mode=opts.compile_mode)
         log.info("compiling %d transformer blocks (regional, dynamic shapes): the first step "
@@ -237,7 +236,7 @@ def tiny_random_pipeline(opts: PipelineOptions | None = None, seed: int = 0,
     from hyvideo.vae import VAEConfig, build_vae
 
     opts = opts or PipelineOptions(model=TINY)
-    spec = json.loads((CONFIG_DIR / "tiny-random.json").read_text())
+    spec = variant_spec(TINY)
     variant = load_variant(TINY)
     device = opts.resolved_device()
     log.warning("model tiny-random: every weight is RANDOM; the video will be noise-like. "

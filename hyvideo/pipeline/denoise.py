@@ -8,8 +8,8 @@ from typing import Protocol
 
 import torch
 
-from hyvideo.conditioning import TextConditioning  # noqa: F401  (re-exported for callers)
-from hyvideo.scheduler import FlowMatchSchedule
+from hyvideo.text.conditioning import TextConditioning  # noqa: F401  (re-exported for callers)
+from hyvideo.pipeline.scheduler import FlowMatchSchedule
 
 
 class Conditioning(Protocol):
@@ -65,11 +65,11 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
             is then [negative; positive] and pred = u + cfg_scale * (c - u).
         embedded_cfg_scale: distilled guidance fed to the DiT (ignored by models without it).
         cfg_parallel: with CFG, ``cfg_parallel(dit, x, t, states, mask, pooled, guidance)`` runs
-            the two halves of the batch on two rank groups (hyvideo.parallel.CfgParallel).
+            the two halves of the batch on two rank groups (hyvideo.runtime.parallel.CfgParallel).
     Returns:
         [B, C, T, H, W] float32 final latents.
 
-    A step cache attached to the DiT (``dit.step_cache``, see hyvideo.cache) is reset here at
+    A step cache attached to the DiT (``dit.step_cache``, see hyvideo.runtime.cache) is reset here at
     the start, told each step's index, and emptied at the end; its ``stats`` stay readable.
     """
     batch = latents.shape[0]

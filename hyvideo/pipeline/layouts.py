@@ -4,7 +4,7 @@ The diffusers layout (``hunyuanvideo-community/HunyuanVideo``) holds the same we
 names, one sub-folder per component:
 
 * ``transformer/``: ``HunyuanVideoTransformer3DModel`` config.json + ``diffusion_pytorch_model*.safetensors``
-  (sharded with an index or not); keys converted by the one table in :mod:`hyvideo.convert`.
+  (sharded with an index or not); keys converted by the one table in :mod:`hyvideo.checkpoints.keys`.
 * ``vae/``: ``AutoencoderKLHunyuanVideo``; the official VAE's tensor keys, a diffusers-style
   config.json translated to :class:`~hyvideo.vae.VAEConfig`.
 * ``text_encoder/`` + ``tokenizer/``: a ``LlamaModel`` save (keys without ``model.``).
@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hyvideo.config import DiTConfig, dtype_of
-from hyvideo.convert import dit_config_from_diffusers, dit_from_diffusers, official_dit_state
-from hyvideo.loading import CheckpointError, read_checkpoint, read_json, safetensors_files
+from hyvideo.dit.config import DiTConfig
+from hyvideo.pipeline.variants import dtype_of
+from hyvideo.checkpoints.keys import dit_config_from_diffusers, dit_from_diffusers, official_dit_state
+from hyvideo.checkpoints.reading import CheckpointError, read_checkpoint, read_json, safetensors_files
 
 if TYPE_CHECKING:
-    from hyvideo.components import PipelineOptions
+    from hyvideo.pipeline.components import PipelineOptions
     from hyvideo.dit.model import HYVideoDiffusionTransformer
     from hyvideo.text import TextEncoders
     from hyvideo.vae import AutoencoderKLCausal3D, VAEConfig

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from hyvideo.config import SamplingDefaults
-from hyvideo.conditioning import TextConditioning
-from hyvideo.denoise import StepInfo, denoise
-from hyvideo.scheduler import FlowMatchSchedule
+from hyvideo.pipeline.variants import SamplingDefaults
+from hyvideo.text.conditioning import TextConditioning
+from hyvideo.pipeline.denoise import StepInfo, denoise
+from hyvideo.pipeline.scheduler import FlowMatchSchedule
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,10 @@ class HunyuanVideoPipeline:
         self.name = name
         self.defaults = defaults
         self.vae_tiling = vae_tiling
-        self.offload = offload  # a hyvideo.offload.Offload (its use(stage) wraps each stage) or None
-        self.parallel = parallel  # hyvideo.parallel.ParallelState or None (one process)
+        self.offload = offload  # a hyvideo.runtime.offload.Offload (its use(stage) wraps each stage) or None
+        self.parallel = parallel  # hyvideo.runtime.parallel.ParallelState or None (one process)
         if parallel is not None:
-            from hyvideo.parallel import enable_sequence_parallel
+            from hyvideo.runtime.parallel import enable_sequence_parallel
 
             enable_sequence_parallel(dit, parallel)
 
@@ -173,7 +173,7 @@ class HunyuanVideoPipeline:
                 cond = self.text_encoders.encode(prompts, num_frames=num_frames).to(self.device)
         if self.parallel is None:
             return cond
-        from hyvideo.parallel import broadcast_tensors
+        from hyvideo.runtime.parallel import broadcast_tensors
 
         parts = [cond.states, cond.mask, cond.pooled] if cond is not None else None
         return TextConditioning(*broadcast_tensors(parts, device=self.device))
@@ -214,7 +214,7 @@ class HunyuanVideoPipeline:
 
         cfg_parallel = None
         if self.parallel is not None and self.parallel.config.cfg_degree == 2:
-            from hyvideo.parallel import CfgParallel
+            from hyvideo.runtime.parallel import CfgParallel
 
             cfg_parallel = CfgParallel(self.parallel)
         try:
@@ -249,7 +249,7 @@ class HunyuanVideoPipeline:
         if self.parallel is None or self.parallel.world_size == 1:
             return self.vae.decode(z, tiling=self.vae_tiling)
         if self.vae_tiling:
-            from hyvideo.parallel import parallel_tiled_decode
+            from hyvideo.runtime.parallel import parallel_tiled_decode
 
             return parallel_tiled_decode(self.vae, z, self.vae.tiling_config())
         return self.vae.decode(z, tiling=False) if self.is_main else None

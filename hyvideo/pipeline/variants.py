@@ -1,19 +1,21 @@
-"""Typed configurations. Variants are data: one JSON file per released model in ``configs/``.
+"""Released model variants as data: one JSON file per variant in the package's ``configs/``.
 
-Field names are the official ones (the reference's ``HYVideoDiffusionTransformer`` keyword
-arguments and CLI names), so a reader of the official code finds the same words here.
+Each file names the variant, its DiT configuration (official argument names) and the released
+model's sampling defaults, so a bare command makes a correct video. The files are package data,
+read through :mod:`importlib.resources`, so an installed wheel finds them from any directory.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import torch
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from hyvideo.dit.config import DiTConfig, config_from_dict
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -32,67 +34,6 @@ def dtype_of(precision: str) -> torch.dtype:
         ) from None
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**values)
-
-
-@dataclass(frozen=True)
-class DiTConfig:
-    """Hyper-parameters of ``HYVideoDiffusionTransformer`` (official argument names)."""
-
-    hidden_size: int
-    heads_num: int
-    mm_double_blocks_depth: int
-    mm_single_blocks_depth: int
-    text_states_dim: int  # LLM hidden size (4096 for llava-llama-3-8b)
-    text_states_dim_2: int  # pooled CLIP width (768 for CLIP-L)
-    rope_dim_list: tuple[int, int, int]  # per-axis (t, h, w) rotary dims; sums to head_dim
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    in_channels: int = 16
-    out_channels: int = 16
-    mlp_width_ratio: float = 4.0
-    mlp_act_type: str = "gelu_tanh"
-    qkv_bias: bool = True
-    qk_norm: bool = True
-    qk_norm_type: str = "rms"
-    guidance_embed: bool = False
-    text_projection: str = "single_refiner"  # or "linear"
-    use_attention_mask: bool = True
-    rope_theta: float = 256.0
-    token_refiner_depth: int = 2  # hard-coded in the reference, exposed here for clarity
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.heads_num:
-            raise ValueError(f"hidden_size {self.hidden_size} not divisible by heads_num")
-        if sum(self.rope_dim_list) != self.head_dim:
-            raise ValueError(
-                f"rope_dim_list {list(self.rope_dim_list)} must sum to head_dim {self.head_dim}"
-            )
-        if self.mlp_act_type != "gelu_tanh":
-            raise ValueError(f"unsupported mlp_act_type {self.mlp_act_type!r}")
-        if self.qk_norm and self.qk_norm_type != "rms":
-            raise ValueError(f"unsupported qk_norm_type {self.qk_norm_type!r}")
-        if self.text_projection not in ("single_refiner", "linear"):
-            raise ValueError(f"unsupported text_projection {self.text_projection!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.heads_num
-
-    @property
-    def mlp_hidden_dim(self) -> int:
-        return int(self.hidden_size * self.mlp_width_ratio)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiTConfig:
-        return _from_dict(cls, data)
-
-
 @dataclass(frozen=True)
 class SamplingDefaults:
     """The released model's sampling settings: a bare command makes a correct video."""
@@ -108,7 +49,7 @@ class SamplingDefaults:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplingDefaults:
-        return _from_dict(cls, data)
+        return config_from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -120,28 +61,36 @@ class ModelVariant:
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> ModelVariant:
-        data = json.loads(Path(path).read_text())
-        return cls(
-            name=data["name"],
-            dit=DiTConfig.from_dict(data["dit"]),
-            sampling=SamplingDefaults.from_dict(data.get("sampling", {})),
-        )
+    def from_dict(cls, data: dict[str, Any]) -> ModelVariant:
+        return cls(name=data["name"], dit=DiTConfig.from_dict(data["dit"]),
+                   sampling=SamplingDefaults.from_dict(data.get("sampling", {})))
 
 
-def variant_files() -> dict[str, Path]:
-    """Variant name (e.g. ``HYVideo-T/2-cfgdistill``) -> its JSON file in ``configs/``."""
+@cache
+def _variant_data() -> dict[str, dict[str, Any]]:
+    """Variant name -> the parsed JSON of its file (read once per process)."""
     out = {}
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        data = json.loads(path.read_text())
-        if "dit" in data and "name" in data:
-            out[data["name"]] = path
+    for entry in sorted(resources.files("hyvideo").joinpath("configs").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            data = json.loads(entry.read_text(encoding="utf-8"))
+            if "dit" in data and "name" in data:
+                out[data["name"]] = data
     return out
+
+
+def variant_names() -> list[str]:
+    """Every known variant name (e.g. ``HYVideo-T/2-cfgdistill``, ``tiny-random``)."""
+    return list(_variant_data())
+
+
+def variant_spec(name: str) -> dict[str, Any]:
+    """The raw JSON of variant ``name`` (the tiny preset keeps its other components' sizes there)."""
+    data = _variant_data()
+    if name not in data:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(data)}")
+    return data[name]
 
 
 def load_variant(name: str) -> ModelVariant:
     """The variant called ``name``; a clear error lists the known names."""
-    files = variant_files()
-    if name not in files:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(files)}")
-    return ModelVariant.from_file(files[name])
+    return ModelVariant.from_dict(variant_spec(name))

@@ -14,7 +14,7 @@ Two published schemes, chosen by :class:`CacheConfig` and attached to a DiT with
   (mean |difference| / mean |previous|), the other blocks are skipped and their cached residual
   is added to the first block's output.
 
-The denoising loop (:func:`hyvideo.denoise.denoise`) resets the cache at the start of every
+The denoising loop (:func:`hyvideo.pipeline.denoise.denoise`) resets the cache at the start of every
 generation and tells it each step's index, so the first and last steps always run and two
 generations in one process are independent. A threshold of 0 never skips: the result is bit for
 bit the uncached one. Under sequence parallelism (``dit.token_split``) and CFG parallelism the
@@ -147,7 +147,7 @@ class StepCache:
     def _enter(self) -> int:
         if self.steps is None:
             raise RuntimeError("the DiT has a step cache but no generation was started: call it "
-                               "through hyvideo.denoise.denoise, or call cache.begin(steps) and "
+                               "through hyvideo.pipeline.denoise.denoise, or call cache.begin(steps) and "
                                "cache.start_step(k) yourself")
         self._calls += 1
         if self._calls > 1:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from hyvideo.config import DiTConfig
+from hyvideo.dit.config import DiTConfig
 
 TIMESTEP_FREQ_DIM = 256  # width of the sinusoidal timestep features (TimestepEmbedder)
 

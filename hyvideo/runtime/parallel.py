@@ -313,7 +313,7 @@ class LeaderPipeline:
         return getattr(self.pipe, name)
 
     def __call__(self, request, *, callback=None, decode: bool = True, show_progress: bool = False):
-        from hyvideo.pipeline import UsageError
+        from hyvideo.pipeline.t2v import UsageError
 
         request.validate()
         t, h, w = (request.video_length - 1) // 4 + 1, request.height // 8, request.width // 8
@@ -342,7 +342,7 @@ class _StepSync:
         self.device, self.callback, self.pending = device, callback, None
 
     def __call__(self, event) -> None:
-        from hyvideo.pipeline import GenerationCancelled
+        from hyvideo.pipeline.t2v import GenerationCancelled
 
         if self.callback is not None:
             try:
@@ -359,7 +359,7 @@ class _StepSync:
 
 def follow(pipe) -> None:
     """Ranks > 0: run every request rank 0 sends, in step with it, until it closes."""
-    from hyvideo.pipeline import GenerationCancelled
+    from hyvideo.pipeline.t2v import GenerationCancelled
 
     while True:
         box = [None]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hyvideo.loading import CheckpointError, assign_state_dict, check_state_dict, read_json, safetensors_files
+from hyvideo.checkpoints.reading import CheckpointError, assign_state_dict, check_state_dict, read_json, safetensors_files
 
 __all__ = ["read_config", "weight_files", "read_weights", "assign_weights", "materialized"]
 

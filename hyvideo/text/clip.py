@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text.checkpoint import (
     assign_weights,
     materialized,

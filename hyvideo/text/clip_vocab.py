@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 
 NUM_MERGES = 49152 - 256 - 2  # the merge count CLIP uses from the file
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from hyvideo.conditioning import TextConditioning
+from hyvideo.text.conditioning import TextConditioning
 from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder
 from hyvideo.text.llm import LLMTextEncoder, load_llm_encoder
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text.checkpoint import INDEX_NAME, weight_files
 
 __all__ = ["ExtractError", "TOKENIZER_FILES", "language_model_key", "extract_text_encoder"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text.checkpoint import (
     assign_weights,
     materialized,

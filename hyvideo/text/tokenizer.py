@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from hyvideo.loading import CheckpointError
+from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text.prompts import PromptTemplate
 
 __all__ = [

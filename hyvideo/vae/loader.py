@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hyvideo.loading import CheckpointError, assign_state_dict, read_state_dict
+from hyvideo.checkpoints.reading import CheckpointError, assign_state_dict, read_state_dict
 from hyvideo.vae.autoencoder import AutoencoderKLCausal3D
 from hyvideo.vae.config import VAEConfig
 
