@@ -1,0 +1,69 @@
+"""Hyper-parameters of the DiT, with the official names (the reference's
+``HYVideoDiffusionTransformer`` keyword arguments), so a reader of the official code finds the
+same words here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+def config_from_dict(cls, data: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Hyper-parameters of ``HYVideoDiffusionTransformer`` (official argument names)."""
+
+    hidden_size: int
+    heads_num: int
+    mm_double_blocks_depth: int
+    mm_single_blocks_depth: int
+    text_states_dim: int  # LLM hidden size (4096 for llava-llama-3-8b)
+    text_states_dim_2: int  # pooled CLIP width (768 for CLIP-L)
+    rope_dim_list: tuple[int, int, int]  # per-axis (t, h, w) rotary dims; sums to head_dim
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    in_channels: int = 16
+    out_channels: int = 16
+    mlp_width_ratio: float = 4.0
+    mlp_act_type: str = "gelu_tanh"
+    qkv_bias: bool = True
+    qk_norm: bool = True
+    qk_norm_type: str = "rms"
+    guidance_embed: bool = False
+    text_projection: str = "single_refiner"  # or "linear"
+    use_attention_mask: bool = True
+    rope_theta: float = 256.0
+    token_refiner_depth: int = 2  # hard-coded in the reference, exposed here for clarity
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.heads_num:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by heads_num")
+        if sum(self.rope_dim_list) != self.head_dim:
+            raise ValueError(
+                f"rope_dim_list {list(self.rope_dim_list)} must sum to head_dim {self.head_dim}"
+            )
+        if self.mlp_act_type != "gelu_tanh":
+            raise ValueError(f"unsupported mlp_act_type {self.mlp_act_type!r}")
+        if self.qk_norm and self.qk_norm_type != "rms":
+            raise ValueError(f"unsupported qk_norm_type {self.qk_norm_type!r}")
+        if self.text_projection not in ("single_refiner", "linear"):
+            raise ValueError(f"unsupported text_projection {self.text_projection!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.heads_num
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        return int(self.hidden_size * self.mlp_width_ratio)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiTConfig:
+        return config_from_dict(cls, data)
