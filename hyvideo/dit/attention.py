@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hyvideo import compat
+
 BACKENDS = ("auto", "sdpa", "flash", "flex", "sage", "torch")
 
 
@@ -85,13 +87,14 @@ def sage_available() -> bool:
 
 
 def flex_available() -> bool:
-    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    return compat.flex_block_mask_problem() is None
 
 
 _INSTALL = {
     "flash": (flash_available, "flash_attn is not installed (pip install flash-attn)"),
     "sage": (sage_available, "sageattention is not installed (pip install sageattention; CUDA only)"),
-    "flex": (flex_available, "this torch has no torch.nn.attention.flex_attention (torch >= 2.5)"),
+    "flex": (flex_available, compat.needs_torch("flex attention block masks",
+                                                compat.FLEX_SEQ_LENGTHS_TORCH)),
 }
 
 
@@ -249,8 +252,6 @@ def group_block_mask(first_lens: tuple[int, ...], seq_len: int, device: torch.de
     block) pair: both wholly in the same group -> a full block (no mask_mod call); wholly in
     different groups -> skipped; a block straddling the boundary -> masked element-wise.
     """
-    from torch.nn.attention.flex_attention import BlockMask
-
     first = torch.tensor(first_lens, device=device)  # [B]
     nb = -(-seq_len // FLEX_BLOCK)
     start = torch.arange(nb, device=device) * FLEX_BLOCK
@@ -271,8 +272,8 @@ def group_block_mask(first_lens: tuple[int, ...], seq_len: int, device: torch.de
 
     kv_num, kv_idx = as_blocks(partial)
     full_num, full_idx = as_blocks(full)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK,
-                                    mask_mod=same_group, seq_lengths=(seq_len, seq_len))
+    return compat.block_mask_from_kv_blocks(kv_num, kv_idx, full_num, full_idx, block_size=FLEX_BLOCK,
+                                            mask_mod=same_group, seq_lengths=(seq_len, seq_len))
 
 
 def group_mask(first_lens: tuple[int, ...], seq_len: int, device=None) -> torch.Tensor:
