@@ -300,10 +300,16 @@ class ComfyServer:
     def interrupt(self) -> None:
         self.request("POST", "/interrupt", {})
 
-    def history(self, prompt_id: str) -> dict:
-        status, hist = self.request("GET", f"/history/{prompt_id}")
-        assert status == 200, (status, hist)
-        return hist.get(prompt_id, {})
+    def history(self, prompt_id: str, timeout: float = 30) -> dict:
+        """The prompt's /history entry. The worker files it just after the websocket's final
+        message, so a prompt followed to its end may need a moment to appear."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, hist = self.request("GET", f"/history/{prompt_id}")
+            assert status == 200, (status, hist)
+            if prompt_id in hist or time.monotonic() > deadline:
+                return hist.get(prompt_id, {})
+            time.sleep(0.1)
 
     def run(self, prompt: dict, timeout: float = 600, on_message=None) -> "Run":
         """Queue ``prompt`` and follow it over the websocket until it succeeds, fails or stops.

@@ -1,27 +1,55 @@
 """The node pack in comfyui/, tested in a real ComfyUI (v0.3.75, built by tests/comfyui_harness.py).
 
 One server is started for the module, on a free loopback port, with ``comfyui/`` linked into its
-custom_nodes. If ComfyUI cannot be built here (no network for the first build, say) the tests
-skip with one line; ``HYVIDEO_REQUIRE_COMFYUI=1`` (set by CI) makes that a failure.
+custom_nodes and two small LoRA files in its models/loras. If ComfyUI cannot be built here (no
+network for the first build, say) the tests skip with one line; ``HYVIDEO_REQUIRE_COMFYUI=1``
+(set by CI) makes that a failure.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
+import torch
 
 from tests import comfyui_harness as harness
 from tests.conftest import ROOT
 
 PACK = ROOT / "comfyui"
+WORKFLOWS = PACK / "workflows"
+SAMPLER, DECODE = "3", "4"  # node ids in the example workflows
+
+
+def workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / name).read_text())
+
+
+def tiny_lora(seed: int) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA on two Linears of the tiny DiT (official module names)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"double_blocks.0.img_attn_qkv": (192, 64), "single_blocks.1.linear2": (64, 320)}
+    state = {}
+    for module, (out, inp) in shapes.items():
+        state[f"{module}.lora_A.weight"] = torch.randn(4, inp, generator=g) * 0.5
+        state[f"{module}.lora_B.weight"] = torch.randn(out, 4, generator=g) * 0.5
+    return state
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from safetensors.torch import save_file
+
     try:
         env = harness.prepare(log=lambda message: None)
     except Exception as err:  # any build failure is reported the same way: skip, or fail in CI
         harness.unavailable(str(err))
-    srv = harness.ComfyServer(env, tmp_path_factory.mktemp("comfyui"), {"hyvideo": PACK})
+    base = tmp_path_factory.mktemp("comfyui")
+    (base / "models" / "loras").mkdir(parents=True)
+    for seed in (1, 2):
+        save_file(tiny_lora(seed), str(base / "models" / "loras" / f"tiny_{seed}.safetensors"))
+    srv = harness.ComfyServer(env, base, {"hyvideo_nodes": PACK})
     try:
         srv.start()
     except harness.ComfyUIUnavailable as err:
@@ -79,3 +107,179 @@ def test_harness_reports_validation_errors(server):
     assert status == 400
     (error,) = reply["node_errors"]["1"]["errors"]
     assert error["type"] == "value_smaller_than_min" and error["details"] == "width"
+
+
+# --- the hyvideo node pack -------------------------------------------------------------------------
+
+def test_object_info_lists_every_node_with_its_limits(server):
+    from comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    info = server.object_info()
+    assert set(NODE_CLASS_MAPPINGS) <= set(info), server.log_tail()
+    for name in NODE_CLASS_MAPPINGS:
+        assert info[name]["category"] == "HunyuanVideo (hyvideo)"
+        assert info[name]["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[name]
+    sampler = info["HyVideoSampler"]["input"]["required"]
+    assert (sampler["steps"][1]["min"], sampler["steps"][1]["max"]) == (1, 1000)
+    assert sampler["width"][1]["step"] == 16 and sampler["width"][1]["min"] == 16
+    assert sampler["frames"][1]["step"] == 4 and sampler["seed"][1]["max"] == 2**63 - 1
+    assert sampler["cfg"][1]["min"] == 1.0 and "720p-16:9" in sampler["size"][0]
+    assert set(sampler["step_cache"][0]) == {"none", "teacache", "first-block"}
+    loader = info["HyVideoModelLoader"]["input"]["required"]
+    assert loader["model"][1]["default"] == "tiny-random"
+    assert {"none", "model", "sequential", "blocks"} == set(loader["offload"][0])
+    assert loader["blocks_on_device"][1]["min"] == 1
+    assert info["HyVideoLoraLoader"]["input"]["required"]["lora"][0] == ["tiny_1.safetensors", "tiny_2.safetensors"]
+    assert info["HyVideoSampler"]["output"] == ["LATENT"] and info["HyVideoDecode"]["output"] == ["IMAGE"]
+
+
+def progress_of(run, node: str) -> list[tuple[int, int]]:
+    return [(d["value"], d["max"]) for d in run.of_type("progress") if d["node"] == node]
+
+
+def test_tiny_workflow_writes_a_video_with_progress_per_step(server):
+    import imageio.v2 as imageio
+
+    prompt = workflow("t2v_tiny.json")
+    run = server.run(prompt, timeout=600)
+    assert run.outcome == "execution_success", (run.error, server.log_tail())
+    steps = prompt[SAMPLER]["inputs"]["steps"]
+    assert progress_of(run, SAMPLER) == [(k, steps) for k in range(1, steps + 1)]
+    (video,) = server.history(run.prompt_id)["outputs"]["6"]["images"]
+    path = server.output_dir / video["subfolder"] / video["filename"]
+    assert path.suffix == ".mp4" and path.parent.name == "hyvideo"
+    with imageio.get_reader(path, "ffmpeg") as reader:
+        meta = reader.get_meta_data()
+        assert reader.count_frames() == prompt[SAMPLER]["inputs"]["frames"]
+        assert meta["size"] == (prompt[SAMPLER]["inputs"]["width"], prompt[SAMPLER]["inputs"]["height"])
+
+
+def test_a_cached_rerun_executes_nothing_and_a_new_seed_only_the_sampler_onwards(server):
+    prompt = workflow("t2v_tiny.json")
+    server.run(prompt, timeout=600)  # (cached already when the previous test ran)
+    again = server.run(prompt, timeout=600)
+    assert again.outcome == "execution_success" and again.executed_nodes() == []
+    reseeded = copy.deepcopy(prompt)
+    reseeded[SAMPLER]["inputs"]["seed"] += 1
+    run = server.run(reseeded, timeout=600)
+    assert run.outcome == "execution_success"
+    assert sorted(run.executed_nodes()) == [SAMPLER, DECODE, "5", "6"]  # loader and text reused
+    assert server.log_path.read_text().count("hyvideo: loading tiny-random") == 1  # loaded once
+
+
+def test_interrupt_stops_at_the_next_step(server):
+    prompt = workflow("t2v_tiny.json")
+    prompt[SAMPLER]["inputs"].update(steps=300, seed=7)
+    seen = {}
+
+    def interrupt_once(srv, message):
+        data = message.get("data", {})
+        if message.get("type") == "progress" and data.get("node") == SAMPLER and "at" not in seen:
+            seen["at"] = data["value"]
+            srv.interrupt()
+
+    run = server.run(prompt, timeout=600, on_message=interrupt_once)
+    assert run.outcome == "execution_interrupted"
+    (stopped,) = run.of_type("execution_interrupted")
+    assert stopped["node_id"] == SAMPLER
+    values = [v for v, _ in progress_of(run, SAMPLER)]
+    # Steps already under way when /interrupt arrived may still report; none after the next one.
+    assert max(values) <= seen["at"] + 2 < 300
+    after = server.run(workflow("t2v_tiny.json"), timeout=600)  # the server goes on normally
+    assert after.outcome == "execution_success"
+
+
+def test_out_of_range_inputs_are_refused_with_http_400(server):
+    for node, name, value, kind in ((SAMPLER, "steps", 0, "value_smaller_than_min"),
+                                    (SAMPLER, "width", 8, "value_smaller_than_min"),
+                                    (SAMPLER, "cfg", 101.0, "value_bigger_than_max"),
+                                    ("1", "blocks_on_device", 0, "value_smaller_than_min"),
+                                    ("1", "offload", "everywhere", "value_not_in_list")):
+        prompt = workflow("t2v_tiny.json")
+        prompt[node]["inputs"][name] = value
+        status, reply = server.queue_prompt(prompt)
+        assert status == 400, (name, reply)
+        (error,) = reply["node_errors"][node]["errors"]
+        assert error["type"] == kind and error["extra_info"]["input_name"] == name
+
+
+@pytest.mark.parametrize("name", ["t2v_official.json", "t2v_fp8_blockswap_24gb.json"])
+def test_missing_checkpoint_is_an_execution_error(server, name):
+    """The official workflows pass validation; without the checkpoints the loader says where it looked."""
+    run = server.run(workflow(name), timeout=120)
+    assert run.outcome == "execution_error"
+    assert run.error["node_id"] == "1" and run.error["node_type"] == "HyVideoModelLoader"
+    message = run.error["exception_message"].splitlines()[0]
+    assert "model folder 'HunyuanVideo' not found" in message and "models/hyvideo/HunyuanVideo" in message
+
+
+def test_a_size_the_model_cannot_make_is_an_execution_error(server):
+    prompt = workflow("t2v_tiny.json")
+    prompt[SAMPLER]["inputs"]["width"] = 40  # within the limits, but not a multiple of 16
+    run = server.run(prompt, timeout=120)
+    assert run.outcome == "execution_error" and run.error["node_id"] == SAMPLER
+    assert "width 40" in run.error["exception_message"] and "16" in run.error["exception_message"]
+
+
+def _latent_workflow(loras: list[tuple[str, float]], prefix: str) -> dict:
+    """Loader -> LoRA nodes -> text -> sampler -> ComfyUI's SaveLatent, and the frames through
+    ComfyUI's ImageScaleBy into its SaveAnimatedWEBP."""
+    base = workflow("t2v_tiny.json")
+    prompt = {k: base[k] for k in ("1", "2", SAMPLER, DECODE)}
+    model = ["1", 0]
+    for i, (lora, strength) in enumerate(loras):
+        node = f"l{i}"
+        prompt[node] = {"class_type": "HyVideoLoraLoader",
+                        "inputs": {"model": model, "lora": lora, "strength": strength}}
+        model = [node, 0]
+    prompt[SAMPLER]["inputs"].update(model=model, steps=3)
+    prompt["7"] = {"class_type": "SaveLatent", "inputs": {"samples": [SAMPLER, 0], "filename_prefix": prefix}}
+    prompt["8"] = {"class_type": "ImageScaleBy",
+                   "inputs": {"image": [DECODE, 0], "upscale_method": "nearest-exact", "scale_by": 0.5}}
+    prompt["9"] = {"class_type": "SaveAnimatedWEBP",
+                   "inputs": {"images": ["8", 0], "filename_prefix": prefix, "fps": 8.0, "lossless": True,
+                              "quality": 80, "method": "default"}}
+    return prompt
+
+
+def _saved_latent(server, run) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    (saved,) = server.history(run.prompt_id)["outputs"]["7"]["latents"]
+    return load_file(str(server.output_dir / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+
+
+def test_latents_and_loras_match_the_library(server):
+    """The LATENT ComfyUI saves is our pipeline's latents / the VAE scaling factor, with and
+    without two stacked LoRAs; the frames flow through ComfyUI's own image nodes."""
+    from PIL import Image
+
+    from hyvideo.dit.lora import LoraSpec, apply_loras, detach_loras
+
+    plain = server.run(_latent_workflow([], "latents/plain"), timeout=600)
+    assert plain.outcome == "execution_success", plain.error
+    stacked = [("tiny_1.safetensors", 0.7), ("tiny_2.safetensors", -1.5)]
+    with_loras = server.run(_latent_workflow(stacked, "latents/lora"), timeout=600)
+    assert with_loras.outcome == "execution_success", with_loras.error
+    assert "1" not in with_loras.executed_nodes()  # the loaded model is reused under the LoRAs
+
+    from comfyui.engine import pipeline_for
+    from comfyui.nodes import HyVideoModelLoader
+
+    (spec,) = HyVideoModelLoader().load(**workflow("t2v_tiny.json")["1"]["inputs"])
+    pipe = pipeline_for(spec)  # the same tiny model, in this process
+    s = workflow("t2v_tiny.json")[SAMPLER]["inputs"]
+    request = pipe.request(workflow("t2v_tiny.json")["2"]["inputs"]["prompt"], height=s["height"],
+                           width=s["width"], video_length=s["frames"], infer_steps=3, seed=s["seed"])
+    expected = pipe(request, decode=False, show_progress=False).latents / pipe.vae.scaling_factor
+    # (another process: thread counts may order float sums differently)
+    assert torch.allclose(_saved_latent(server, plain), expected, rtol=0, atol=1e-5)
+    loras = server.models_dir / "loras"
+    apply_loras(pipe.dit, [LoraSpec(loras / name, strength) for name, strength in stacked], fuse=False)
+    expected_lora = pipe(request, decode=False, show_progress=False).latents / pipe.vae.scaling_factor
+    detach_loras(pipe.dit)
+    assert not torch.equal(expected_lora, expected)
+    assert torch.allclose(_saved_latent(server, with_loras), expected_lora, rtol=0, atol=1e-5)
+    (webp,) = server.history(plain.prompt_id)["outputs"]["9"]["images"]
+    with Image.open(server.output_dir / webp["subfolder"] / webp["filename"]) as image:
+        assert image.size == (s["width"] // 2, s["height"] // 2)

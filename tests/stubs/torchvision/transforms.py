@@ -5,9 +5,14 @@ from types import SimpleNamespace
 
 
 class InterpolationMode(enum.Enum):
+    # transformers maps PIL's resampling filters onto these names when torchvision is present.
     NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
     BILINEAR = "bilinear"
     BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
 
 
 def _unavailable(*args, **kwargs):
