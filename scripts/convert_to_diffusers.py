@@ -242,32 +242,33 @@ def stored_dtype(folder: Path) -> torch.dtype:
 
 def convert_tiny(out: Path, dtype: torch.dtype | None, max_shard_bytes: int, seed: int = 0) -> None:
     """The in-memory tiny random model (the same weights for a given ``seed``) -> ``out``."""
-    from hyvideo.pipeline.components import PipelineOptions, tiny_random_pipeline
+    from hyvideo.pipeline.tiny import tiny_components
+    from hyvideo.pipeline.variants import load_variant
 
-    pipe = tiny_random_pipeline(PipelineOptions(model=TINY, device="cpu"), seed=seed)
-    write_transformer(pipe.dit.state_dict(), pipe.dit.config, out / "transformer", dtype=dtype,
+    parts = tiny_components(torch.device("cpu"), seed=seed)
+    write_transformer(parts.dit.state_dict(), parts.dit.config, out / "transformer", dtype=dtype,
                       max_shard_bytes=max_shard_bytes)
-    write_vae(pipe.vae.state_dict(), pipe.vae.config, out / "vae", dtype=dtype)
+    write_vae(parts.vae.state_dict(), parts.vae.config, out / "vae", dtype=dtype)
     if dtype is not None:
-        for encoder in (pipe.text_encoders.llm, pipe.text_encoders.clip):
+        for encoder in (parts.text_encoders.llm, parts.text_encoders.clip):
             encoder.model.to(dtype)
-    write_text_encoders(pipe.text_encoders, out)
-    write_scheduler(out, pipe.defaults.flow_shift)
+    write_text_encoders(parts.text_encoders, out)
+    write_scheduler(out, load_variant(TINY).sampling.flow_shift)
 
 
 def convert_official(args: argparse.Namespace, out: Path, dtype: torch.dtype | None) -> None:
     """The official ``ckpts/`` tree (paths derived from ``--model-base``; overrides win) -> ``out``."""
     from hyvideo.checkpoints.keys import official_dit_state
     from hyvideo.checkpoints.reading import read_state_dict
-    from hyvideo.pipeline.components import PipelineOptions, component_paths
+    from hyvideo.pipeline.components import CheckpointPaths, component_paths
     from hyvideo.pipeline.variants import load_variant
     from hyvideo.text import load_clip_encoder, load_llm_encoder
     from hyvideo.vae.loader import find_vae_files, unwrap_vae_state_dict
 
     variant = load_variant(args.model)
-    paths = component_paths(PipelineOptions(
-        model=args.model, model_base=args.model_base, model_resolution=args.model_resolution,
-        dit_weight=args.dit_weight, vae_path=args.vae_path, text_encoder_path=args.text_encoder_path,
+    paths = component_paths(CheckpointPaths(
+        model_base=args.model_base, model_resolution=args.model_resolution, dit_weight=args.dit_weight,
+        vae_path=args.vae_path, text_encoder_path=args.text_encoder_path,
         text_encoder_2_path=args.text_encoder_2_path))
     log.info("transformer from %s", paths.dit)
     state = official_dit_state(read_state_dict(paths.dit, keys=(args.load_key,)))

@@ -36,11 +36,16 @@ def exported(convert, tmp_path_factory):
     return out
 
 
+def _load(**load):
+    from hyvideo.pipeline.components import LoadOptions
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
+
+    return load_pipeline(LoadOptions(**load), RuntimeOptions(device=torch.device("cpu")))
+
+
 @pytest.fixture(scope="module")
 def ours():
-    from hyvideo.pipeline.components import PipelineOptions, tiny_random_pipeline
-
-    pipe = tiny_random_pipeline(PipelineOptions(model="tiny-random", device="cpu"))
+    pipe = _load(model="tiny-random")
     return pipe, pipe(pipe.request(PROMPT, **SIZE), show_progress=False)
 
 
@@ -59,14 +64,11 @@ def test_folder_layout(exported):
 
 
 def test_diffusers_output_equals_ours(exported, ours):
-    from hyvideo.pipeline.t2v import draw_noise
-
     pipe, result = ours
     theirs = diffusers.HunyuanVideoPipeline.from_pretrained(str(exported))
     theirs.set_progress_bar_config(disable=True)
     assert theirs.transformer.dtype == torch.float32
-    thw = pipe.vae.latent_shape(SIZE["video_length"], SIZE["height"], SIZE["width"])
-    noise = draw_noise((16, *thw), [SIZE["seed"]], torch.device("cpu"), torch.float32)
+    noise = pipe.noise(result.request, [SIZE["seed"]], torch.float32)  # what ours started from
     with torch.no_grad():
         latents = theirs(prompt=PROMPT, height=SIZE["height"], width=SIZE["width"],
                          num_frames=SIZE["video_length"], num_inference_steps=SIZE["infer_steps"],
@@ -82,12 +84,10 @@ def test_diffusers_output_equals_ours(exported, ours):
 
 
 def test_our_loader_reads_the_export_bit_for_bit(exported, ours):
-    from hyvideo.pipeline.components import PipelineOptions, load_pipeline
+    from hyvideo.pipeline.components import CheckpointPaths, Precisions
 
     _, result = ours
-    opts = PipelineOptions(model_base=exported, device="cpu", precision="fp32", vae_precision="fp32",
-                           text_encoder_precision="fp32", text_encoder_precision_2="fp32")
-    pipe = load_pipeline(opts)
+    pipe = _load(paths=CheckpointPaths(model_base=exported), precisions=Precisions("fp32", "fp32", "fp32", "fp32"))
     again = pipe(pipe.request(PROMPT, flow_shift=7.0, **SIZE), show_progress=False)
     assert torch.equal(again.latents, result.latents) and torch.equal(again.videos, result.videos)
 
