@@ -283,3 +283,42 @@ def test_latents_and_loras_match_the_library(server):
     (webp,) = server.history(plain.prompt_id)["outputs"]["9"]["images"]
     with Image.open(server.output_dir / webp["subfolder"] / webp["filename"]) as image:
         assert image.size == (s["width"] // 2, s["height"] // 2)
+
+
+def test_prompt_rewrite_through_an_endpoint(server):
+    """The text node asks an OpenAI-compatible endpoint (a stand-in on loopback) for the rewrite
+    and encodes its answer; ComfyUI's PreviewAny shows the prompt that was used."""
+    import http.server
+    import threading
+
+    asked = []
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            asked.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.dumps({"choices": [{"message": {"content": "A red fox runs through fresh snow."}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    try:
+        base = workflow("t2v_tiny.json")
+        prompt = {"1": base["1"], "2": base["2"],
+                  "p": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}}
+        prompt["2"]["inputs"].update(prompt="a fox in snow", rewrite="master",
+                                     rewrite_endpoint=f"http://127.0.0.1:{endpoint.server_port}/v1")
+        run = server.run(prompt, timeout=120)
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
+    assert run.outcome == "execution_success", run.error
+    assert server.history(run.prompt_id)["outputs"]["p"]["text"] == ["A red fox runs through fresh snow."]
+    (request,) = asked
+    assert "Mode: master" in request["messages"][0]["content"]
+    assert request["messages"][0]["content"].endswith("Prompt: a fox in snow")
