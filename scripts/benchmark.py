@@ -201,7 +201,7 @@ def build_text_models(setup: BenchSetup, device: torch.device, seed: int = SEED)
 def tokenizers():
     """The real llava-Llama-3 and CLIP tokenizers, built offline once per process."""
     from hyvideo.text import build_llava_llama3_tokenizer, llama3_tokenizer_json
-    from hyvideo.text.clip_vocab import offline_clip_tokenizer
+    from hyvideo.pipeline.tiny import offline_clip_tokenizer
 
     return build_llava_llama3_tokenizer(llama3_tokenizer_json()), offline_clip_tokenizer()
 

@@ -170,7 +170,7 @@ def in_process_form(prompt="a cat", seed=7):
 def webui():
     if gradio_client is None:
         require("gradio is not installed (pip install gradio gradio_client)")
-    from hyvideo.apps import web as webui
+    from hyvideo.apps import webui
 
     return webui
 

@@ -186,7 +186,7 @@ def test_cli_bad_layout_is_one_clear_line(tmp_path, capsys, setup, message):
 
 def write_diffusers_layout(root: Path, pipe) -> Path:
     """Save the tiny in-memory pipeline's components as the diffusers layout would hold them."""
-    from hyvideo.text.clip_vocab import write_clip_tokenizer_files
+    from hyvideo.pipeline.tiny import write_clip_tokenizer_files
 
     dit_cfg = pipe.dit.config
     model = diffusers.HunyuanVideoTransformer3DModel(**dit_config_to_diffusers(dit_cfg))

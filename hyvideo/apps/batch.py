@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.jsonl"
+log = logging.getLogger(__name__)
 
 
 class PromptFileError(ValueError):
@@ -107,11 +110,51 @@ def read_prompt_file(path: str | Path, base_seed: int) -> list[PromptJob]:
     return jobs
 
 
+def select_ids(jobs: list[PromptJob], spec: str | None) -> list[PromptJob]:
+    """The jobs whose ids ``spec`` names (``0-9,172``: integer ranges and single ids; None: all).
+
+    Every id in ``spec`` must exist in the file (a typo would otherwise silently run nothing).
+    """
+    if not spec:
+        return jobs
+    wanted: set[str] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        if dash and low.isdigit() and high.isdigit():
+            if int(low) > int(high):
+                raise PromptFileError(f"--prompt-ids {spec!r}: range {part} runs backwards")
+            wanted.update(str(i) for i in range(int(low), int(high) + 1))
+        elif part:
+            wanted.add(part)
+        else:
+            raise PromptFileError(f"--prompt-ids {spec!r}: empty entry; use ids and ranges like 0-9,172")
+    known = {job.id for job in jobs}
+    missing = sorted(wanted - known, key=lambda s: (len(s), s))
+    if missing and not (wanted & known):
+        raise PromptFileError(f"--prompt-ids {spec!r}: no such id in the prompt file (first missing: {missing[0]})")
+    return [job for job in jobs if job.id in wanted]
+
+
 class Manifest:
     """Append-only JSONL record of finished outputs."""
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / MANIFEST_NAME
+
+    def create(self) -> None:
+        """Make the (empty) manifest exist, so a batch killed before its first video resumes."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(exist_ok=True)
+
+    def pending(self, jobs: list[PromptJob]) -> list[PromptJob]:
+        """The jobs not yet done; partial files left by a kill mid-write are removed."""
+        for stale in self.path.parent.glob(".*.partial"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        done = self.done_ids()
+        todo = [j for j in jobs if j.id not in done]
+        log.info("resume: %d done, %d to go", len(jobs) - len(todo), len(todo))
+        return todo
 
     def done_ids(self) -> set[str]:
         if not self.path.is_file():

@@ -22,16 +22,18 @@ import gradio as gr
 import numpy as np
 import torch
 
-from hyvideo.pipeline.t2v import (
-    RESOLUTIONS,
+from hyvideo import compat
+from hyvideo.apps.output import output_metadata, output_stem, write_output
+from hyvideo.pipeline.geometry import RESOLUTIONS, Geometry
+from hyvideo.pipeline.t2v import HunyuanVideoPipeline
+from hyvideo.pipeline.types import (
+    MAX_SEED,
     GenerationCancelled,
     GenerationRequest,
     GenerationResult,
-    HunyuanVideoPipeline,
     Progress,
     UsageError,
 )
-from hyvideo.apps.video_io import slug, unique_path, write_mp4
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ CUSTOM = "custom"
 MODEL_DEFAULT = "default"
 HISTORY_LENGTH = 24  # videos kept in a session's gallery
 POSTER_WIDTH = 256  # gallery thumbnails: the middle frame, this wide at most
-MAX_SEED = 2**63  # torch generators take 64-bit seeds; video i uses seed + i
 CANCEL_WAIT_S = 120.0  # how long the cancel button waits for the running step to end
 EXAMPLE_PROMPTS = [
     "A cat walks on the grass, realistic style.",
@@ -72,9 +73,9 @@ class Limits:
             raise UsageError(f"infer steps {request.infer_steps} is more than this server allows "
                              f"({self.max_steps}): choose fewer steps")
 
-    def largest_frames(self, wanted: int) -> int:
+    def largest_frames(self, wanted: int, geometry: Geometry = Geometry()) -> int:  # noqa: B008 (frozen)
         """``wanted`` or the largest valid length (4n+1) within the limit."""
-        return wanted if wanted <= self.max_frames else (self.max_frames - 1) // 4 * 4 + 1
+        return wanted if wanted <= self.max_frames else geometry.valid_frames(self.max_frames)
 
 
 def size_presets(pipeline: HunyuanVideoPipeline, limits: Limits) -> dict[str, tuple[int, int]]:
@@ -159,8 +160,7 @@ def poster_frame(video: torch.Tensor) -> np.ndarray:
 def free_device_memory(device: torch.device) -> None:
     """Drop what a finished or abandoned run left behind (tensors, allocator caches)."""
     gc.collect()
-    if device.type != "cpu" and torch.accelerator.is_available():
-        torch.accelerator.empty_cache()
+    compat.empty_cache(device)
 
 
 class Generator:
@@ -180,16 +180,16 @@ class Generator:
                 flow_shift: float | None) -> GenerationRequest:
         """The page's fields as a checked request (raises :class:`UsageError`)."""
         height, width = self._size(resolution, height, width)
-        use_random = random_seed or seed is None or seed < 0
-        if not use_random and seed >= MAX_SEED:
-            raise UsageError(f"seed {int(seed)} is too large; use 0 to {MAX_SEED - 1}, or -1 for a random seed")
+        use_random = random_seed or seed is None or (_number("seed", seed) < 0)
+        if not use_random and seed > MAX_SEED:
+            raise UsageError(f"seed {int(seed)} is too large; use 0 to {MAX_SEED}, or -1 for a random seed")
         request = self.pipeline.request(
             prompt or "", negative_prompt=(negative_prompt or "").strip() or None, height=height,
-            width=width, video_length=_integer(video_length), infer_steps=_integer(infer_steps),
-            seed=random.randrange(2**31) if use_random else int(seed), cfg_scale=cfg_scale,
+            width=width, video_length=_integer("video_length", video_length),
+            infer_steps=_integer("infer_steps", infer_steps),
+            seed=random.randrange(2**31) if use_random else _integer("seed", seed), cfg_scale=cfg_scale,
             embedded_cfg_scale=embedded_cfg_scale, flow_shift=flow_shift,
         )
-        request.validate()
         self.limits.check(request)
         return request
 
@@ -200,8 +200,9 @@ class Generator:
             raise UsageError(f"unknown resolution {resolution!r}; choose one of: "
                              f"{', '.join([*self.presets, CUSTOM])}")
         if height is None or width is None:
-            raise UsageError("a custom resolution needs both a height and a width (multiples of 16)")
-        return int(height), int(width)
+            raise UsageError("a custom resolution needs both a height and a width "
+                             f"(multiples of {self.pipeline.geometry.size_multiple})")
+        return _integer("height", height), _integer("width", width)
 
     def run(self, request: GenerationRequest, job: Job, report: Reporter) -> GenerationResult:
         """Generate under the device lock; raises :class:`GenerationCancelled` when cancelled."""
@@ -223,12 +224,10 @@ class Generator:
 
     def save(self, result: GenerationResult) -> tuple[Path, dict]:
         """Write the video under a generated name (never overwriting); return it and its settings."""
-        seed = result.seeds[0]
-        settings = {**result.request.settings(), "seed": seed, "model": self.pipeline.name,
-                    "random_weights": self.pipeline.name == "tiny-random", "source": "webui"}
-        stem = f"{time.strftime('%Y%m%d-%H%M%S')}_seed{seed}_{slug(result.request.prompt, 40)}"
-        path = write_mp4(result.videos[0], unique_path(self.output_dir, stem, ".mp4"), settings)
-        return path, settings
+        job_id = time.strftime("%Y%m%d-%H%M%S")
+        settings = output_metadata(result, 0, model=self.pipeline.name, job_id=job_id, extra={"source": "webui"})
+        stem = output_stem(job_id, result.seeds[0], result.request.prompt)
+        return write_output(result, 0, self.output_dir, stem, settings), settings
 
     def cancel(self, session: str) -> str:
         """Stop the session's running job at its next step; wait until the device is free."""
@@ -240,8 +239,21 @@ class Generator:
         return f"Cancelled at {job.stage}; the device is free."
 
 
-def _integer(value: float | None) -> int | None:
-    return None if value is None else int(value)
+def _number(name: str, value) -> float:
+    """A page or API field that must be a number (the API may send anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{name.replace('_', ' ')} must be a number, got {value!r}", name)
+    return value
+
+
+def _integer(name: str, value) -> int | None:
+    """A whole-number field: 33.0 is 33, but 33.5 is refused rather than truncated."""
+    if value is None:
+        return None
+    value = _number(name, value)
+    if value != value or value in (float("inf"), float("-inf")) or int(value) != value:
+        raise UsageError(f"{name.replace('_', ' ')} must be a whole number, got {value}", name)
+    return int(value)
 
 
 def _session(request: gr.Request | None) -> str:
@@ -313,7 +325,8 @@ def make_cancel(gen: Generator) -> Callable:
 def _limits_note(gen: Generator) -> str:
     lim = gen.limits
     return (f"This server allows up to {lim.max_pixels:,} pixels per frame, {lim.max_frames} frames "
-            f"and {lim.max_steps} steps. Sizes are multiples of 16; frame counts are 4n+1.")
+            f"and {lim.max_steps} steps. Sizes are multiples of {gen.pipeline.geometry.size_multiple}; "
+            f"frame counts are {gen.pipeline.geometry.time_compression_ratio}n+1.")
 
 
 def _intro(pipeline: HunyuanVideoPipeline) -> str:
@@ -356,7 +369,8 @@ def _on_resolution(gen: Generator) -> Callable:
 def _sampling_fields(gen: Generator) -> list[gr.components.Component]:
     d, lim = gen.pipeline.defaults, gen.limits
     with gr.Row():
-        frames = gr.Number(lim.largest_frames(d.video_length), label="Frames (4n+1)", precision=0,
+        frames = gr.Number(lim.largest_frames(d.video_length, gen.pipeline.geometry),
+                           label=f"Frames ({gen.pipeline.geometry.time_compression_ratio}n+1)", precision=0,
                            elem_id="frames", info=f"at most {lim.max_frames}")
         steps = gr.Number(min(d.infer_steps, lim.max_steps), label="Steps", precision=0, elem_id="steps",
                           info=f"at most {lim.max_steps}")

@@ -46,37 +46,42 @@ class MMDoubleStreamBlock(nn.Module):
         kw = dict(device=device, dtype=dtype)
         head_dim = hidden // heads
         self.heads = heads
-        for s in ("img", "txt"):  # registers img_mod, img_attn_qkv, ..., txt_mlp (official names)
-            setattr(self, f"{s}_mod", Modulation(hidden, 2, **kw))
-            setattr(self, f"{s}_attn_qkv", nn.Linear(hidden, 3 * hidden, bias=qkv_bias, **kw))
-            setattr(self, f"{s}_attn_q_norm", qk_norm(heads, head_dim, qk_norm_on, **kw))
-            setattr(self, f"{s}_attn_k_norm", qk_norm(heads, head_dim, qk_norm_on, **kw))
-            setattr(self, f"{s}_attn_proj", nn.Linear(hidden, hidden, **kw))
-            setattr(self, f"{s}_mlp", MLP(hidden, mlp_hidden, "gelu_tanh", **kw))
-
-    def _qkv(self, s: str, x: torch.Tensor, mod, rope: Rope | None):
-        qkv = getattr(self, f"{s}_attn_qkv")(modulate(layer_norm(x), mod.shift, mod.scale))
-        return split_heads(qkv, self.heads, getattr(self, f"{s}_attn_q_norm"),
-                           getattr(self, f"{s}_attn_k_norm"), rope)
-
-    def _finish(self, s: str, x: torch.Tensor, attn: torch.Tensor, mods) -> torch.Tensor:
-        x = gated(x, getattr(self, f"{s}_attn_proj")(attn), mods[0].gate)
-        h = modulate(layer_norm(x), mods[1].shift, mods[1].scale)
-        return gated(x, getattr(self, f"{s}_mlp")(h), mods[1].gate)
+        # Official parameter names, written out: the checkpoints load with strict=True.
+        self.img_mod = Modulation(hidden, 2, **kw)
+        self.img_attn_qkv = nn.Linear(hidden, 3 * hidden, bias=qkv_bias, **kw)
+        self.img_attn_q_norm = qk_norm(heads, head_dim, qk_norm_on, **kw)
+        self.img_attn_k_norm = qk_norm(heads, head_dim, qk_norm_on, **kw)
+        self.img_attn_proj = nn.Linear(hidden, hidden, **kw)
+        self.img_mlp = MLP(hidden, mlp_hidden, "gelu_tanh", **kw)
+        self.txt_mod = Modulation(hidden, 2, **kw)
+        self.txt_attn_qkv = nn.Linear(hidden, 3 * hidden, bias=qkv_bias, **kw)
+        self.txt_attn_q_norm = qk_norm(heads, head_dim, qk_norm_on, **kw)
+        self.txt_attn_k_norm = qk_norm(heads, head_dim, qk_norm_on, **kw)
+        self.txt_attn_proj = nn.Linear(hidden, hidden, **kw)
+        self.txt_mlp = MLP(hidden, mlp_hidden, "gelu_tanh", **kw)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope: Rope | None,
                 groups: AttentionGroups, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
         """img [B, N, C], txt [B, L, C], vec [B, C] -> updated (img, txt)."""
         img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
-        img_qkv = self._qkv("img", img, img_mods[0], rope)  # RoPE on image tokens only
-        txt_qkv = self._qkv("txt", txt, txt_mods[0], None)
+        img_qkv = split_heads(self.img_attn_qkv(modulate(layer_norm(img), img_mods[0].shift, img_mods[0].scale)),
+                              self.heads, self.img_attn_q_norm, self.img_attn_k_norm, rope)  # RoPE: image only
+        txt_qkv = split_heads(self.txt_attn_qkv(modulate(layer_norm(txt), txt_mods[0].shift, txt_mods[0].scale)),
+                              self.heads, self.txt_attn_q_norm, self.txt_attn_k_norm, None)
         q, k, v = (torch.cat(pair, dim=1) for pair in zip(img_qkv, txt_qkv))  # [B, N+L, H, D]
         del img_qkv, txt_qkv  # free the per-stream projections before attention (peak memory)
         attn = attention(q, k, v, groups, backend=backend)  # [B, N+L, C]
         del q, k, v
         n = img.shape[1]
-        return (self._finish("img", img, attn[:, :n], img_mods),
-                self._finish("txt", txt, attn[:, n:], txt_mods))
+        img = finish_stream(img, self.img_attn_proj(attn[:, :n]), self.img_mlp, img_mods)
+        txt = finish_stream(txt, self.txt_attn_proj(attn[:, n:]), self.txt_mlp, txt_mods)
+        return img, txt
+
+
+def finish_stream(x: torch.Tensor, attn_out: torch.Tensor, mlp: nn.Module, mods) -> torch.Tensor:
+    """The gated attention residual, then the gated MLP residual of one stream."""
+    x = gated(x, attn_out, mods[0].gate)
+    return gated(x, mlp(modulate(layer_norm(x), mods[1].shift, mods[1].scale)), mods[1].gate)
 
 
 class MMSingleStreamBlock(nn.Module):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -11,6 +15,38 @@ from hyvideo.dit.blocks import MMDoubleStreamBlock, MMSingleStreamBlock
 from hyvideo.dit.layers import FinalLayer, MLPEmbedder, PatchEmbed, TextProjection, TimestepEmbedder
 from hyvideo.dit.rope import rope_tables
 from hyvideo.dit.token_refiner import SingleTokenRefiner
+
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [N_img, head_dim]
+
+
+@dataclass
+class BlockInputs:
+    """What every transformer block of one forward shares."""
+
+    vec: torch.Tensor  # [B, C] conditioning vector
+    rope: Rope  # this process's image-token rows
+    groups: AttentionGroups  # who attends to whom (text lengths)
+    attention: str | Callable  # a backend name, or sequence parallelism's cross-rank attention
+    token_groups: tuple = ()  # process groups holding the other image tokens (sequence parallel)
+
+
+class TokenSplit(Protocol):
+    """Sequence parallelism as the DiT sees it (:class:`hyvideo.runtime.parallel.TokenSplit`)."""
+
+    group: object  # the process group sharing the image tokens
+    attention: Callable  # attention across the ranks of ``group``
+
+    def scatter(self, img: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, Rope]: ...
+
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+class StepCache(Protocol):
+    """A step cache (:mod:`hyvideo.runtime.cache`): runs the blocks, or reuses their last effect."""
+
+    def run(self, dit: HYVideoDiffusionTransformer, img: torch.Tensor, txt: torch.Tensor,
+            inputs: BlockInputs) -> torch.Tensor: ...
 
 
 class HYVideoDiffusionTransformer(nn.Module):
@@ -46,15 +82,6 @@ class HYVideoDiffusionTransformer(nn.Module):
             for _ in range(c.mm_single_blocks_depth)
         )
         self.final_layer = FinalLayer(h, c.patch_size, c.out_channels, **kw)
-        self.token_split = None  # set by set_parallel for sequence parallelism
-
-    def set_parallel(self, token_split, attention_backend) -> None:
-        """Sequence parallelism (see hyvideo.runtime.parallel): ``token_split.scatter`` keeps this rank's
-        image tokens and RoPE rows after patch embedding, ``token_split.gather`` collects the
-        final tokens, and the callable ``attention_backend`` attends across ranks."""
-        self.token_split = token_split
-        self.attention_backend = attention_backend
-
     @property
     def dtype(self) -> torch.dtype:
         return self.img_in.proj.weight.dtype
@@ -74,8 +101,9 @@ class HYVideoDiffusionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_states: torch.Tensor,
                 text_mask: torch.Tensor | None, text_states_2: torch.Tensor,
-                guidance: torch.Tensor | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                guidance: torch.Tensor | None = None, rope: Rope | None = None, *,
+                step_cache: StepCache | None = None,
+                token_split: TokenSplit | None = None) -> torch.Tensor:
         """Predict the flow for latent ``x``.
 
         Args:
@@ -86,6 +114,9 @@ class HYVideoDiffusionTransformer(nn.Module):
             text_states_2: [B, text_states_dim_2] pooled CLIP vector.
             guidance: [B] embedded guidance * 1000 (guidance-distilled models only).
             rope: optional precomputed (cos, sin); by default built from x's shape.
+            step_cache: runs the blocks or reuses their last effect (denoising loops pass it).
+            token_split: sequence parallelism; this process keeps its share of the image tokens
+                after patch embedding and the output is gathered once at the end.
         Returns:
             [B, out_channels, T, H, W]
         """
@@ -100,8 +131,8 @@ class HYVideoDiffusionTransformer(nn.Module):
                 raise ValueError("this model embeds guidance: pass guidance (embedded_cfg_scale*1000)")
             vec = vec + self.guidance_in(guidance)
         img = self.img_in(x.to(dtype))  # [B, N, C]
-        if self.token_split is not None:  # this rank's chunk: [B, N/P, C] and its RoPE rows
-            img, rope = self.token_split.scatter(img, rope)
+        if token_split is not None:  # this rank's chunk: [B, N/P, C] and its RoPE rows
+            img, rope = token_split.scatter(img, rope)
         if c.text_projection == "single_refiner":
             refiner_mask = text_mask if c.use_attention_mask else None
             txt = self.txt_in(text_states.to(dtype), t, refiner_mask, self.attention_backend)
@@ -118,44 +149,35 @@ class HYVideoDiffusionTransformer(nn.Module):
                 txt = txt[:, :longest].clone(memory_format=torch.contiguous_format)
                 mask = mask[:, :longest]
         groups = AttentionGroups.from_text_mask(img.shape[1], mask, txt.shape[1])
+        inputs = BlockInputs(vec, rope, groups, self.attention_backend)
+        if token_split is not None:
+            inputs = BlockInputs(vec, rope, groups, token_split.attention, (token_split.group,))
 
-        img = self.run_blocks(img, txt, vec, rope, groups)
+        if step_cache is not None:  # the cache decides whether the blocks run this step
+            img = step_cache.run(self, img, txt, inputs)
+        else:
+            img = self.run_blocks_from(0, img, txt, inputs)
         out = self.final_layer(img, vec)  # [B, N, pt*ph*pw*C_out]
-        if self.token_split is not None:
-            out = self.token_split.gather(out)  # the one gather per forward
+        if token_split is not None:
+            out = token_split.gather(out)  # the one gather per forward
         return self.unpatchify(out, grid)
 
-    # A step cache (hyvideo.runtime.cache) that may replace the block loop on some denoising steps.
-    step_cache = None
-
-    def set_step_cache(self, cache) -> None:
-        """Attach a :class:`hyvideo.runtime.cache.StepCache` (None detaches it)."""
-        self.step_cache = cache
-
-    def run_blocks(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope,
-                   groups: AttentionGroups) -> torch.Tensor:
-        """Every double then single block; returns the image tokens [B, N, C] only (the final
-        layer never reads the text tokens). With a step cache attached, the cache decides
-        whether the blocks run (it calls the two methods below)."""
-        if self.step_cache is not None:
-            return self.step_cache.run(self, img, txt, vec, rope, groups)
-        return self.run_blocks_from(0, img, txt, vec, rope, groups)
-
     def run_double_block(self, index: int, img: torch.Tensor, txt: torch.Tensor,
-                         vec: torch.Tensor, rope, groups: AttentionGroups):
+                         inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Double block ``index`` alone: (img [B, N, C], txt [B, L, C]) -> updated (img, txt)."""
-        return self.double_blocks[index](img, txt, vec, rope, groups, self.attention_backend)
+        return self.double_blocks[index](img, txt, inputs.vec, inputs.rope, inputs.groups, inputs.attention)
 
-    def run_blocks_from(self, first: int, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor,
-                        rope, groups: AttentionGroups) -> torch.Tensor:
-        """Double blocks ``first``.. then every single block; returns the image tokens [B, N, C]."""
+    def run_blocks_from(self, first: int, img: torch.Tensor, txt: torch.Tensor,
+                        inputs: BlockInputs) -> torch.Tensor:
+        """Double blocks ``first``.. then every single block; returns the image tokens [B, N, C]
+        only (the final layer never reads the text tokens)."""
         n_img = img.shape[1]
         for index in range(first, len(self.double_blocks)):
-            img, txt = self.run_double_block(index, img, txt, vec, rope, groups)
+            img, txt = self.run_double_block(index, img, txt, inputs)
         x_tokens = torch.cat([img, txt], dim=1)  # [B, N+L, C]
         del img, txt
         for block in self.single_blocks:
-            x_tokens = block(x_tokens, vec, n_img, rope, groups, self.attention_backend)
+            x_tokens = block(x_tokens, inputs.vec, n_img, inputs.rope, inputs.groups, inputs.attention)
         return x_tokens[:, :n_img]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -3,33 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from hyvideo.text.conditioning import TextConditioning  # noqa: F401  (re-exported for callers)
 from hyvideo.pipeline.scheduler import FlowMatchSchedule
+from hyvideo.pipeline.types import StepInfo
+from hyvideo.text.conditioning import TextConditioning
 
 
-class Conditioning(Protocol):
-    """Text conditioning for one prompt batch: states [B, L, D], mask [B, L], pooled [B, D2]."""
+class StepCache(Protocol):
+    """A step cache (:mod:`hyvideo.runtime.cache`) as the loop drives it; the DiT runs it."""
 
-    states: torch.Tensor
-    mask: torch.Tensor
-    pooled: torch.Tensor
+    def begin(self, steps: int) -> None: ...
+
+    def start_step(self, step: int) -> None: ...
+
+    def end(self) -> None: ...
 
 
-@dataclass
-class StepInfo:
-    """What a per-step callback sees (the web demo's progress bar, tests, tracing)."""
+class Predict(Protocol):
+    """One DiT evaluation of a batch; ``cfg_pair``: the batch is [negative; positive]."""
 
-    step: int  # 0-based index of the step just taken
-    steps: int
-    t: torch.Tensor  # [B'] the DiT's timestep input (B' = 2B with classifier-free guidance)
-    guidance: torch.Tensor | None  # [B'] the DiT's guidance input
-    model_output: torch.Tensor  # [B', C, T, H, W] raw DiT output
-    latents: torch.Tensor  # [B, C, T, H, W] float32 latents after the step
+    def __call__(self, dit: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor,
+                 mask: torch.Tensor, pooled: torch.Tensor, guidance: torch.Tensor | None, *,
+                 cfg_pair: bool, step_cache: StepCache | None) -> torch.Tensor: ...
+
+
+def call_dit(dit, x, t, states, mask, pooled, guidance, *, cfg_pair: bool = False,
+             step_cache: StepCache | None = None, **dit_kwargs) -> torch.Tensor:
+    """One process: the whole batch through the DiT at once."""
+    return dit(x, t, states, mask, pooled, guidance, step_cache=step_cache, **dit_kwargs)
 
 
 def embedded_guidance(scale: float, batch: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -50,27 +54,26 @@ def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSchedule,
-            cond: Conditioning, *, negative: Conditioning | None = None, cfg_scale: float = 1.0,
-            embedded_cfg_scale: float | None = 6.0,
+            cond: TextConditioning, *, negative: TextConditioning | None = None,
+            cfg_scale: float = 1.0, embedded_cfg_scale: float | None = 6.0,
             callback: Callable[[StepInfo], None] | None = None,
-            cfg_parallel: Callable | None = None) -> torch.Tensor:
+            step_cache: StepCache | None = None, predict: Predict = call_dit) -> torch.Tensor:
     """Integrate the flow from noise to clean latents.
 
     Args:
-        dit: the transformer; called as ``dit(x, t, states, mask, pooled, guidance)``.
+        dit: the transformer; called through ``predict`` (by default as
+            ``dit(x, t, states, mask, pooled, guidance, step_cache=...)``).
         latents: [B, C, T, H, W] starting noise (used as is).
         schedule: sigmas and timesteps.
         cond / negative: text conditioning, one row per prompt (repeated over videos).
         cfg_scale: real classifier-free guidance when > 1 (needs ``negative``); the DiT batch
             is then [negative; positive] and pred = u + cfg_scale * (c - u).
         embedded_cfg_scale: distilled guidance fed to the DiT (ignored by models without it).
-        cfg_parallel: with CFG, ``cfg_parallel(dit, x, t, states, mask, pooled, guidance)`` runs
-            the two halves of the batch on two rank groups (hyvideo.runtime.parallel.CfgParallel).
+        step_cache: reset here at the start, told each step's index, handed to every DiT call,
+            emptied at the end (its statistics stay readable).
+        predict: how a batch is evaluated (sequence and CFG parallelism supply their own).
     Returns:
         [B, C, T, H, W] float32 final latents.
-
-    A step cache attached to the DiT (``dit.step_cache``, see hyvideo.runtime.cache) is reset here at
-    the start, told each step's index, and emptied at the end; its ``stats`` stay readable.
     """
     batch = latents.shape[0]
     use_cfg = cfg_scale > 1.0
@@ -88,19 +91,16 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
 
     latents = latents.float()
     timesteps = schedule.timesteps.to(latents.device)
-    cache = getattr(dit, "step_cache", None)
-    if cache is not None:  # with CFG parallel each rank group holds half the batch
-        cache.begin(schedule.steps, cfg_group=getattr(cfg_parallel, "group", None) if use_cfg else None)
+    cache = step_cache
+    if cache is not None:
+        cache.begin(schedule.steps)
     try:
         for k in range(schedule.steps):
             if cache is not None:
                 cache.start_step(k)
             t = timesteps[k].repeat(rows)  # float32 [rows]
             x = torch.cat([latents] * 2) if use_cfg else latents
-            if use_cfg and cfg_parallel is not None:
-                out = cfg_parallel(dit, x, t, states, mask, pooled, guidance)
-            else:
-                out = dit(x, t, states, mask, pooled, guidance)
+            out = predict(dit, x, t, states, mask, pooled, guidance, cfg_pair=use_cfg, step_cache=cache)
             pred = out
             if use_cfg:
                 uncond, text = out.float().chunk(2)

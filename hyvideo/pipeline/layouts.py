@@ -28,7 +28,7 @@ from hyvideo.checkpoints.keys import dit_config_from_diffusers, dit_from_diffuse
 from hyvideo.checkpoints.reading import CheckpointError, read_checkpoint, read_json, safetensors_files
 
 if TYPE_CHECKING:
-    from hyvideo.pipeline.components import PipelineOptions
+    from hyvideo.pipeline.components import CheckpointPaths, LoadOptions
     from hyvideo.dit.model import HYVideoDiffusionTransformer
     from hyvideo.text import TextEncoders
     from hyvideo.vae import AutoencoderKLCausal3D, VAEConfig
@@ -74,7 +74,7 @@ class DiffusersPaths:
     tokenizer_2: Path
 
 
-def diffusers_paths(opts: PipelineOptions) -> DiffusersPaths:
+def diffusers_paths(opts: CheckpointPaths) -> DiffusersPaths:
     """Every component folder of a diffusers-layout ``model_base`` (overrides win), checked."""
     base = Path(opts.model_base)
     given = {"transformer": opts.dit_weight, "vae": opts.vae_path,
@@ -162,25 +162,26 @@ def load_diffusers_vae(folder: str | Path, *, dtype: torch.dtype = torch.float16
     return load_vae(config, weights=files[0], dtype=dtype, device=device)
 
 
-def load_diffusers_text_encoders(paths: DiffusersPaths, opts: PipelineOptions,
+def load_diffusers_text_encoders(paths: DiffusersPaths, opts: LoadOptions,
                                  device: torch.device | str | None) -> TextEncoders:
     """``text_encoder/`` + ``tokenizer/`` and ``text_encoder_2/`` + ``tokenizer_2/``."""
     from hyvideo.text import TextEncoders, load_clip_encoder, load_llm_encoder
     from hyvideo.text.tokenizer import load_clip_tokenizer, load_llm_tokenizer
 
+    p, t = opts.precisions, opts.text
     llm = load_llm_encoder(
-        paths.text_encoder, dtype=dtype_of(opts.text_encoder_precision), device=device,
-        text_len=opts.text_len, hidden_state_skip_layer=opts.hidden_state_skip_layer,
-        apply_final_norm=opts.apply_final_norm, tokenizer=load_llm_tokenizer(paths.tokenizer),
+        paths.text_encoder, dtype=dtype_of(p.text_encoder_precision), device=device,
+        text_len=t.text_len, hidden_state_skip_layer=t.hidden_state_skip_layer,
+        apply_final_norm=t.apply_final_norm, tokenizer=load_llm_tokenizer(paths.tokenizer),
     )
     clip = load_clip_encoder(
-        paths.text_encoder_2, dtype=dtype_of(opts.text_encoder_precision_2), device=device,
-        max_length=opts.text_len_2, tokenizer=load_clip_tokenizer(paths.tokenizer_2, opts.text_len_2),
+        paths.text_encoder_2, dtype=dtype_of(p.text_encoder_precision_2), device=device,
+        max_length=t.text_len_2, tokenizer=load_clip_tokenizer(paths.tokenizer_2, t.text_len_2),
     )
     return TextEncoders(llm, clip)
 
 
-def load_diffusers_components(opts: PipelineOptions, expected: DiTConfig | None,
+def load_diffusers_components(opts: LoadOptions, expected: DiTConfig | None,
                               device: torch.device | str, *, with_text: bool = True):
     """(DiT, VAE, text encoders or None) from a diffusers-layout ``opts.model_base``.
 
@@ -189,8 +190,8 @@ def load_diffusers_components(opts: PipelineOptions, expected: DiTConfig | None,
     """
     from hyvideo.dit.loader import load_dit
 
-    paths = diffusers_paths(opts)
-    dtype = dtype_of(opts.precision)
+    paths = diffusers_paths(opts.paths)
+    dtype = dtype_of(opts.precisions.precision)
     log.info("loading the DiT from %s (diffusers layout)", paths.transformer)
     if paths.transformer.is_dir():
         if expected is not None and _differs(paths.transformer, expected):
@@ -201,10 +202,10 @@ def load_diffusers_components(opts: PipelineOptions, expected: DiTConfig | None,
     else:
         if expected is None:
             raise CheckpointError(f"{paths.transformer}: a single DiT file needs the model variant's config")
-        dit = load_dit(paths.transformer, expected, dtype=dtype, device=device, load_key=opts.load_key,
+        dit = load_dit(paths.transformer, expected, dtype=dtype, device=device, load_key=opts.paths.load_key,
                        attention_backend=opts.attention)
     log.info("loading the VAE from %s", paths.vae)
-    vae = load_diffusers_vae(paths.vae, dtype=dtype_of(opts.vae_precision), device=device)
+    vae = load_diffusers_vae(paths.vae, dtype=dtype_of(opts.precisions.vae_precision), device=device)
     text = None
     if with_text:
         log.info("loading the text encoders from %s and %s", paths.text_encoder, paths.text_encoder_2)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from hyvideo.dit.config import DiTConfig, config_from_dict
+from hyvideo.pipeline.geometry import Geometry
+from hyvideo.pipeline.types import GenerationRequest, request_from_defaults
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -54,16 +56,32 @@ class SamplingDefaults:
 
 @dataclass(frozen=True)
 class ModelVariant:
-    """A released model: its DiT configuration and sampling defaults."""
+    """A released model: its DiT configuration, its VAE's compression and sampling defaults."""
 
     name: str
     dit: DiTConfig
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    time_compression_ratio: int = 4  # the VAE's (checked against the loaded VAE)
+    spatial_compression_ratio: int = 8
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelVariant:
+        vae = data.get("vae", {})
         return cls(name=data["name"], dit=DiTConfig.from_dict(data["dit"]),
-                   sampling=SamplingDefaults.from_dict(data.get("sampling", {})))
+                   sampling=SamplingDefaults.from_dict(data.get("sampling", {})),
+                   time_compression_ratio=vae.get("time_compression_ratio", 4),
+                   spatial_compression_ratio=vae.get("spatial_compression_ratio", 8))
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.time_compression_ratio, self.spatial_compression_ratio,
+                        tuple(self.dit.patch_size), self.dit.heads_num)
+
+    def request(self, **fields) -> GenerationRequest:
+        """A checked request: this variant's defaults where ``fields`` gives None or nothing."""
+        request = request_from_defaults(self.sampling, **fields)
+        self.geometry.check_request(request)
+        return request
 
 
 @cache

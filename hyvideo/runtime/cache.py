@@ -1,7 +1,8 @@
 """Step caches: skip the DiT's transformer blocks on denoising steps whose input barely changed.
 
-Two published schemes, chosen by :class:`CacheConfig` and attached to a DiT with
-:func:`enable_step_cache` (the DiT's ``run_blocks`` hands its block loop to the cache):
+Two published schemes, chosen by :class:`CacheConfig` and built by :func:`make_step_cache`. The
+denoising loop passes the cache to each DiT call (``step_cache=``), and the DiT hands its block
+loop to the cache's ``run``:
 
 * ``teacache`` -- "Timestep Embedding Tells: It's Time to Cache" (TeaCache, as released for
   HunyuanVideo). Each step computes the first double block's modulated image input
@@ -17,7 +18,7 @@ Two published schemes, chosen by :class:`CacheConfig` and attached to a DiT with
 The denoising loop (:func:`hyvideo.pipeline.denoise.denoise`) resets the cache at the start of every
 generation and tells it each step's index, so the first and last steps always run and two
 generations in one process are independent. A threshold of 0 never skips: the result is bit for
-bit the uncached one. Under sequence parallelism (``dit.token_split``) and CFG parallelism the
+bit the uncached one. Under sequence parallelism (the blocks' ``token_groups``) and CFG parallelism the
 distance's numerator and denominator are summed over the rank groups first, so every rank takes
 the same decision -- the one a single process would take.
 """
@@ -101,7 +102,7 @@ class StepCache:
 
     mode = "none"
 
-    def __init__(self, config: CacheConfig):
+    def __init__(self, config: CacheConfig, groups: tuple = ()):
         if config.mode != self.mode:
             raise ValueError(f"{type(self).__name__} needs cache mode {self.mode!r}, got {config.mode!r}")
         self.config = config
@@ -109,22 +110,22 @@ class StepCache:
         self.step = 0
         self.stats = CacheStats()
         self._calls = 0
-        self._groups: list = []
+        # CFG-parallel groups: each of their ranks holds part of the batch, so decisions are
+        # summed over them (harmless when a batch is not split: equal sums, equal ratio).
+        self._groups = tuple(groups)
         self._residual: torch.Tensor | None = None
 
     @property
     def threshold(self) -> float:
         return self.config.threshold
 
-    def begin(self, steps: int, *, cfg_group=None) -> None:
-        """Reset for a new generation of ``steps`` steps. ``cfg_group``: the CFG-parallel group
-        (each of its ranks holds half of the batch), so the decision covers the whole batch."""
+    def begin(self, steps: int) -> None:
+        """Reset for a new generation of ``steps`` steps."""
         if steps < 1:
             raise ValueError(f"a step cache needs at least one step, got {steps}")
         self.end()
         self.steps, self.step, self._calls = steps, 0, 0
         self.stats = CacheStats()
-        self._groups = [cfg_group] if cfg_group is not None else []
 
     def start_step(self, step: int) -> None:
         if self.steps is None or not 0 <= step < self.steps:
@@ -132,13 +133,17 @@ class StepCache:
                                f"({self.steps} steps); call begin(steps) first")
         self.step, self._calls = step, 0
 
+    def metadata(self) -> dict:
+        """The settings and what the last generation skipped, for the output's metadata."""
+        return {"mode": self.config.mode, "threshold": self.config.threshold,
+                "skipped_steps": self.stats.skipped_steps}
+
     def end(self) -> None:
         """Drop the cached tensors (they are as large as the image tokens); keep ``stats``."""
         self._residual = None
         self.steps = None
 
-    def run(self, dit, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope,
-            groups) -> torch.Tensor:
+    def run(self, dit, img: torch.Tensor, txt: torch.Tensor, inputs) -> torch.Tensor:
         """The DiT's blocks, or their cached effect: image tokens [B, N, C] -> [B, N, C]."""
         raise NotImplementedError
 
@@ -162,17 +167,13 @@ class StepCache:
         stale = r is None or r.shape != img.shape or r.dtype != img.dtype or r.device != img.device
         return stale or self.step == 0 or self.step == self.steps - 1
 
-    def _reduce_groups(self, dit) -> list:
-        split = getattr(dit, "token_split", None)
-        return ([split.group] if split is not None else []) + self._groups
-
-    def _relative_l1(self, dit, current: torch.Tensor, previous: torch.Tensor) -> float:
+    def _relative_l1(self, inputs, current: torch.Tensor, previous: torch.Tensor) -> float:
         """mean |current - previous| / mean |previous| over the whole batch and all tokens,
         summed over the sequence- and CFG-parallel groups (equal chunks on every rank, so the
         ratio of sums is the ratio of means). Sums in float32."""
         sums = torch.stack([(current - previous).abs().sum(dtype=torch.float32),
                             previous.abs().sum(dtype=torch.float32)])
-        for group in self._reduce_groups(dit):
+        for group in [*inputs.token_groups, *self._groups]:
             dist.all_reduce(sums, group=group)
         num, den = sums.tolist()
         return num / den if den > 0 else float("inf")
@@ -195,37 +196,37 @@ class TeaCache(StepCache):
 
     mode = "teacache"
 
-    def __init__(self, config: CacheConfig, coefficients=TEACACHE_HUNYUAN_COEFFICIENTS):
-        super().__init__(config)
+    def __init__(self, config: CacheConfig, groups: tuple = (), coefficients=TEACACHE_HUNYUAN_COEFFICIENTS):
+        super().__init__(config, groups)
         self.coefficients = tuple(coefficients)
         self._previous_input: torch.Tensor | None = None
         self._accumulated = 0.0
 
-    def begin(self, steps: int, *, cfg_group=None) -> None:
-        super().begin(steps, cfg_group=cfg_group)
+    def begin(self, steps: int) -> None:
+        super().begin(steps)
         self._accumulated = 0.0
 
     def end(self) -> None:
         super().end()
         self._previous_input = None
 
-    def run(self, dit, img, txt, vec, rope, groups) -> torch.Tensor:
+    def run(self, dit, img, txt, inputs) -> torch.Tensor:
         self._enter()
-        mod = dit.double_blocks[0].img_mod(vec)[0]
+        mod = dit.double_blocks[0].img_mod(inputs.vec)[0]
         modulated = modulate(layer_norm(img), mod.shift, mod.scale)  # [B, N, C] block 0's input
         previous, self._previous_input = self._previous_input, modulated
         distance = None
         if self._forced(img) or previous is None or previous.shape != modulated.shape:
             self._accumulated = 0.0
         else:
-            raw = self._relative_l1(dit, modulated, previous)
+            raw = self._relative_l1(inputs, modulated, previous)
             self._accumulated += rescale_teacache(raw, self.coefficients)
             distance = self._accumulated
             if self._skips(self._accumulated):
                 self._record(False, distance)
                 return img + self._residual
             self._accumulated = 0.0
-        out = dit.run_blocks_from(0, img, txt, vec, rope, groups)  # [B, N, C]
+        out = dit.run_blocks_from(0, img, txt, inputs)  # [B, N, C]
         self._residual = (out - img).detach()
         self._record(True, distance)
         return out
@@ -236,43 +237,36 @@ class FirstBlockCache(StepCache):
 
     mode = "first-block"
 
-    def __init__(self, config: CacheConfig):
-        super().__init__(config)
+    def __init__(self, config: CacheConfig, groups: tuple = ()):
+        super().__init__(config, groups)
         self._first_residual: torch.Tensor | None = None
 
     def end(self) -> None:
         super().end()
         self._first_residual = None
 
-    def run(self, dit, img, txt, vec, rope, groups) -> torch.Tensor:
+    def run(self, dit, img, txt, inputs) -> torch.Tensor:
         self._enter()
-        first, txt = dit.run_double_block(0, img, txt, vec, rope, groups)  # [B, N, C], [B, L, C]
+        first, txt = dit.run_double_block(0, img, txt, inputs)  # [B, N, C], [B, L, C]
         first_residual = (first - img).detach()
         del img
         previous = self._first_residual
         distance = None
         if not self._forced(first) and previous is not None and previous.shape == first_residual.shape:
             # compared with the last *computed* step's residual, as ParaAttention does
-            distance = self._relative_l1(dit, first_residual, previous)
+            distance = self._relative_l1(inputs, first_residual, previous)
             if self._skips(distance):
                 self._record(False, distance)
                 return first + self._residual
         self._first_residual = first_residual
-        out = dit.run_blocks_from(1, first, txt, vec, rope, groups)  # [B, N, C]
+        out = dit.run_blocks_from(1, first, txt, inputs)  # [B, N, C]
         self._residual = (out - first).detach()
         self._record(True, distance)
         return out
 
 
-def make_step_cache(config: CacheConfig) -> StepCache | None:
-    """The cache for ``config`` (None for mode ``none``)."""
+def make_step_cache(config: CacheConfig, groups: tuple = ()) -> StepCache | None:
+    """The cache for ``config`` (None for mode ``none``); ``groups``: the CFG-parallel process
+    groups whose ranks share a batch."""
     caches = {"teacache": TeaCache, "first-block": FirstBlockCache}
-    return caches[config.mode](config) if config.enabled else None
-
-
-def enable_step_cache(dit, config: CacheConfig) -> StepCache | None:
-    """Attach the cache for ``config`` to ``dit`` (detach any, for mode ``none``); returns it so
-    the caller can read ``cache.stats`` after a generation."""
-    cache = make_step_cache(config)
-    dit.set_step_cache(cache)
-    return cache
+    return caches[config.mode](config, groups) if config.enabled else None

@@ -1,0 +1,311 @@
+"""The command-line flags both front doors share, and the typed options built from them.
+
+Only this layer parses arguments. It keeps the official flag names (``--model-base``,
+``--dit-weight``, ``--use-cpu-offload``, ``--flow-reverse``...) so users' scripts keep working, turns
+them into the library's typed options (:class:`~hyvideo.pipeline.components.LoadOptions`,
+:class:`~hyvideo.runtime.build.RuntimeOptions`), and reports a bad flag in one line naming the
+flag, the value and what is valid (exit code 2), before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+log = logging.getLogger("hyvideo")
+
+# Official flags that only describe the fixed released architecture: accepted with their one
+# value (a note is logged), refused with any other.
+FIXED_FLAGS = {
+    "--latent-channels": "16", "--rope-theta": "256", "--vae": "884-16c-hy", "--text-encoder": "llm",
+    "--text-states-dim": "4096", "--tokenizer": "llm", "--prompt-template": "dit-llm-encode",
+    "--prompt-template-video": "dit-llm-encode-video", "--text-encoder-2": "clipL",
+    "--text-states-dim-2": "768", "--tokenizer-2": "clipL", "--denoise-type": "flow",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line plus a hint, not the whole usage block."""
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def fail(message: str) -> int:
+    """Print ``error: message`` on stderr; the usage exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def finite(text: str) -> float:
+    """A float flag: finite numbers only (NaN and infinities are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def whole(text: str) -> int:
+    """An integer flag (``1.5`` and ``true`` are refused)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+
+
+def flag_of(field: str | None) -> str:
+    """The flag for a request/option field name (``video_length`` -> ``--video-length``)."""
+    aliases = {"negative_prompt": "--neg-prompt", "num_videos": "--num-videos", "height": "--video-size",
+               "width": "--video-size", "fp8_activation_scale": "--fp8-activation-scale"}
+    return aliases.get(field, f"--{field.replace('_', '-')}") if field else ""
+
+
+def usage_message(exc: Exception) -> str:
+    """``--flag: message`` when the error knows its field."""
+    field = getattr(exc, "field", None)
+    return f"{flag_of(field)}: {exc}" if field else str(exc)
+
+
+def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
+    """Which model, from where, in which precision (shared by every front door)."""
+    g = p.add_argument_group("model and weights")
+    g.add_argument("--model", default="HYVideo-T/2-cfgdistill", choices=variants, metavar="MODEL",
+                   help=f"model variant: {', '.join(variants)}; tiny-random builds small random-weight "
+                   "components in memory (offline demo)")
+    g.add_argument("--model-base", type=Path, default=Path("ckpts"),
+                   help="checkpoint root; every component path below is derived from it (default: ckpts)")
+    g.add_argument("--model-resolution", default="720p", choices=["540p", "720p"],
+                   help="which official folder hunyuan-video-t2v-<resolution> to read (default 720p)")
+    g.add_argument("--dit-weight", type=Path, help="DiT weights (default: <model-base>/hunyuan-video-t2v-720p/"
+                   "transformers/mp_rank_00_model_states.pt, or ..._fp8.pt with --use-fp8)")
+    g.add_argument("--vae-path", type=Path, help="VAE folder (default: <model-base>/hunyuan-video-t2v-720p/vae)")
+    g.add_argument("--text-encoder-path", type=Path, help="LLM text encoder folder (default: <model-base>/text_encoder)")
+    g.add_argument("--text-encoder-2-path", type=Path, help="CLIP folder (default: <model-base>/text_encoder_2)")
+    g.add_argument("--load-key", default="module", choices=["module", "ema"], help="container key of the DiT file")
+    g.add_argument("--use-fp8", action="store_true",
+                   help="load the official FP8 DiT (*_fp8.pt + *_fp8_map.pt): ~10 GB less memory")
+    for flag, default, what in (("--precision", "bf16", "DiT"), ("--vae-precision", "fp16", "VAE"),
+                                ("--text-encoder-precision", "fp16", "LLM text encoder"),
+                                ("--text-encoder-precision-2", "fp16", "CLIP text encoder")):
+        g.add_argument(flag, default=default, choices=["fp32", "fp16", "bf16"], help=f"{what} precision (default {default})")
+    g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode in overlapping spatial/temporal tiles, as the official code (default on)")
+    g.add_argument("--text-len", type=whole, default=256, help="LLM tokens kept after the template (default 256)")
+    g.add_argument("--hidden-state-skip-layer", type=whole, default=2, help="LLM layer counted from the end (default 2)")
+    g.add_argument("--apply-final-norm", action="store_true", help="apply the LLM's final norm (official: off)")
+    g.add_argument("--text-len-2", type=whole, default=77, help="CLIP tokens (default 77)")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a HunyuanVideo LoRA (.safetensors in diffusers/PEFT, original-key or "
+                   "ComfyUI/kohya format, or a PEFT folder) at SCALE (default 1.0); repeatable")
+    g.add_argument("--lora-fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="merge LoRAs into the weights (default; FP8 layers are requantized); "
+                   "--no-lora-fuse keeps them as side branches")
+    for flag, value in FIXED_FLAGS.items():
+        g.add_argument(flag, help=argparse.SUPPRESS)
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """Where and how the models run: device, attention, speed and memory options."""
+    g = p.add_argument_group("speed and memory")
+    g.add_argument("--device", help="device to run on (default: the available accelerator, else cpu)")
+    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash", "flex", "sage"],
+                   help="attention kernel (default auto: the fastest exact one for the device and dtype; "
+                   "flash and sage must be installed; sage is approximate, 8-bit QK)")
+    g.add_argument("--cache", default="none", choices=["none", "teacache", "first-block"],
+                   help="step cache: skip the transformer blocks on steps whose input changed less than "
+                   "--cache-threshold, reusing the last residual (faster, slightly different video)")
+    g.add_argument("--cache-threshold", type=finite, metavar="T",
+                   help="skip threshold (default: teacache 0.15, first-block 0.06; 0 never skips)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer block (regional, dynamic shapes: no recompile "
+                   "per resolution); the first step includes the compile time")
+    g.add_argument("--compile-mode", default="default",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode for --compile (default: default)")
+    g.add_argument("--offload", choices=["none", "model", "sequential", "blocks"],
+                   help="where weights live (default none): model = each component visits the device for "
+                   "its stage; sequential = every layer streamed (lowest memory, slowest); blocks = K DiT "
+                   "blocks on the device, the rest prefetched from pinned CPU memory (see --blocks-on-device)")
+    g.add_argument("--blocks-on-device", type=whole, default=2, metavar="K",
+                   help="DiT blocks resident on the device with --offload blocks (default 2)")
+    g.add_argument("--use-cpu-offload", action="store_true", help="the official flag: the same as --offload model")
+    g.add_argument("--fp8-matmul", action="store_true",
+                   help="with --use-fp8: multiply in float8 (torch._scaled_mm with the official weight scales, "
+                   "activations quantized per token); faster on float8 GPUs (sm_89+), ~3%% less accurate")
+    g.add_argument("--fp8-activation-scale", choices=["token", "tensor"], default="token",
+                   help="activation scales for --fp8-matmul: per token (default) or per tensor")
+    g.add_argument("--ulysses-degree", type=whole, default=1, help="Ulysses sequence-parallel degree (under torchrun)")
+    g.add_argument("--ring-degree", type=whole, default=1, help="Ring sequence-parallel degree (under torchrun)")
+
+
+def check_fixed_flags(args: argparse.Namespace) -> None:
+    """The architecture-describing official flags: their one value is noted, others refused."""
+    for flag, value in FIXED_FLAGS.items():
+        given = getattr(args, flag[2:].replace("-", "_"))
+        if given is None:
+            continue
+        if given != value:
+            raise ValueError(f"{flag} {given!r}: this option describes the released architecture, "
+                             f"which only has {value!r}")
+        log.info("%s %s describes the fixed architecture; accepted", flag, value)
+
+
+def lora_specs(args: argparse.Namespace) -> tuple:
+    """``--lora PATH[:SCALE]`` flags as LoraSpecs, each file checked to exist (before loading)."""
+    from hyvideo.dit.lora import LoraSpec
+
+    specs = tuple(LoraSpec.parse(text) for text in args.lora)
+    for spec in specs:
+        if not math.isfinite(spec.scale):
+            raise ValueError(f"--lora {spec.path}: scale {spec.scale} is not a finite number")
+        if not spec.path.exists():
+            raise ValueError(f"--lora {spec.path}: file not found")
+    return specs
+
+
+def load_options(args: argparse.Namespace):
+    """The model flags as :class:`~hyvideo.pipeline.components.LoadOptions` (checked)."""
+    from hyvideo.pipeline.components import CheckpointPaths, LoadOptions, Precisions, TextSettings
+
+    check_fixed_flags(args)
+    paths = CheckpointPaths(args.model_base, args.model_resolution, args.dit_weight, args.vae_path,
+                            args.text_encoder_path, args.text_encoder_2_path, args.load_key, args.use_fp8)
+    precisions = Precisions(args.precision, args.vae_precision, args.text_encoder_precision,
+                            args.text_encoder_precision_2)
+    text = TextSettings(args.text_len, args.hidden_state_skip_layer, args.apply_final_norm, args.text_len_2)
+    return LoadOptions(args.model, paths, precisions, text, lora_specs(args), args.lora_fuse,
+                       args.attention, args.vae_tiling)
+
+
+def runtime_options(args: argparse.Namespace):
+    """The speed and memory flags as :class:`~hyvideo.runtime.build.RuntimeOptions` (checked)."""
+    from hyvideo.runtime.build import CompileConfig, Fp8MatmulConfig, RuntimeOptions
+    from hyvideo.runtime.cache import CacheConfig
+    from hyvideo.runtime.offload.config import OffloadConfig
+
+    if args.use_cpu_offload and args.offload not in (None, "model"):
+        raise ValueError(f"--use-cpu-offload means --offload model; it conflicts with --offload "
+                         f"{args.offload}: give only one of them")
+    if args.use_cpu_offload:
+        log.info("--use-cpu-offload is --offload model")
+    offload = OffloadConfig("model" if args.use_cpu_offload else (args.offload or "none"), args.blocks_on_device)
+    return RuntimeOptions(
+        device=check_device(args.device) if args.device else None, offload=offload,
+        cache=CacheConfig(args.cache, args.cache_threshold),
+        compile=CompileConfig(args.compile_mode) if args.compile else None,
+        fp8_matmul=Fp8MatmulConfig(args.fp8_activation_scale) if args.fp8_matmul else None,
+    )
+
+
+def check_device(text: str):
+    """``--device`` as a torch.device that exists on this machine (ValueError otherwise)."""
+    import torch
+
+    from hyvideo import compat
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {text!r} is not a device; use cpu, or the accelerator "
+                         f"({compat.accelerator_type() or 'none on this machine'}) with an index") from None
+    if device.type in ("cpu", "meta"):
+        return device if device.type == "cpu" else _refuse_meta(text)
+    if device.type != compat.accelerator_type():
+        raise ValueError(f"--device {text!r}: this machine has no {device.type} device "
+                         f"(available: cpu{', ' + compat.accelerator_type() if compat.accelerator_type() else ''})")
+    count = compat.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"--device {text!r}: there are {count} {device.type} devices (indices 0-{count - 1})")
+    return device
+
+
+def _refuse_meta(text: str):
+    raise ValueError(f"--device {text!r}: the meta device holds no data; use cpu or an accelerator")
+
+
+def add_rewrite_args(p: argparse.ArgumentParser) -> None:
+    """The prompt-rewrite flags."""
+    r = p.add_argument_group("prompt rewrite (the prompt encoded is the rewritten one; both are recorded)")
+    r.add_argument("--rewrite", choices=["normal", "master"],
+                   help="rewrite each prompt first: normal clarifies the intent; master also adds "
+                   "composition, lighting and camera movement")
+    r.add_argument("--rewrite-endpoint", metavar="URL", help="OpenAI-compatible chat endpoint serving the "
+                   "rewrite model, e.g. http://localhost:8000/v1 (vLLM); key from $HYVIDEO_REWRITE_API_KEY")
+    r.add_argument("--rewrite-model", default="HunyuanVideo-PromptRewrite",
+                   help="model name sent to the endpoint (default HunyuanVideo-PromptRewrite)")
+    r.add_argument("--rewrite-model-path", type=Path, metavar="FOLDER",
+                   help="a local transformers causal LM folder instead of an endpoint (greedy decoding)")
+    r.add_argument("--rewrite-timeout", type=finite, default=60.0, help="seconds per request (default 60)")
+    r.add_argument("--rewrite-retries", type=whole, default=2,
+                   help="retries after a timeout, connection error, 429 or 5xx (default 2)")
+    r.add_argument("--rewrite-max-tokens", type=whole, default=512, help="longest rewrite in tokens (default 512)")
+    r.add_argument("--rewrite-fallback", action="store_true",
+                   help="if the rewrite fails, warn and use the original prompt (default: error)")
+
+
+def rewrite_options(args: argparse.Namespace, api_key: str | None):
+    """The ``--rewrite*`` flags as RewriteOptions; None without --rewrite."""
+    from hyvideo.apps.rewrite import RewriteOptions
+
+    given = [f for f in ("rewrite_endpoint", "rewrite_model_path") if getattr(args, f)]
+    if args.rewrite is None:
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --rewrite normal|master")
+        return None
+    if len(given) != 1:
+        raise ValueError("--rewrite needs exactly one of --rewrite-endpoint URL or --rewrite-model-path FOLDER")
+    if args.rewrite_timeout <= 0 or args.rewrite_retries < 0 or args.rewrite_max_tokens < 1:
+        raise ValueError("--rewrite-timeout must be > 0, --rewrite-retries >= 0, --rewrite-max-tokens >= 1")
+    if args.rewrite_model_path and not args.rewrite_model_path.is_dir():
+        raise ValueError(f"--rewrite-model-path {args.rewrite_model_path} is not a folder")
+    return RewriteOptions(mode=args.rewrite, endpoint=args.rewrite_endpoint, model=args.rewrite_model,
+                          model_path=args.rewrite_model_path, timeout=args.rewrite_timeout,
+                          retries=args.rewrite_retries, fallback=args.rewrite_fallback,
+                          max_new_tokens=args.rewrite_max_tokens, api_key=api_key, device=args.device)
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """Create the output folder now and check it is writable (before any model loads)."""
+    import os
+
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create {flag} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{flag} {path} is not writable; choose another folder")
+
+
+def parallel_config(args: argparse.Namespace, world: int, cfg_scale: float):
+    """The parallel layout from the degrees and torchrun's WORLD_SIZE; None for one process.
+
+    With ``cfg_scale`` > 1 and twice as many processes as ulysses x ring, the negative and
+    positive branches run on two rank groups (CFG parallel).
+    """
+    from hyvideo.runtime.parallel.config import ParallelConfig, ParallelError
+
+    sp = args.ulysses_degree * args.ring_degree
+    if args.ulysses_degree < 1 or args.ring_degree < 1:
+        raise ParallelError("--ulysses-degree and --ring-degree must be >= 1")
+    if world == 1 and sp == 1:
+        return None
+    return ParallelConfig(args.ulysses_degree, args.ring_degree, 2 if cfg_scale > 1 and world == 2 * sp else 1)
+
+
+def start_parallel(config, device):
+    """Join torchrun's process group (gloo on CPU, NCCL on GPUs) on this rank's device."""
+    from hyvideo.runtime.parallel.groups import init_parallel
+
+    state = init_parallel(config, device)
+    if not state.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    return state

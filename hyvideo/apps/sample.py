@@ -1,0 +1,276 @@
+"""Generate videos with HunyuanVideo from the command line (``sample_video.py``, ``hyvideo-sample``).
+
+    python sample_video.py --prompt "A cat walks on the grass, realistic style."
+    python sample_video.py --model tiny-random --prompt "a test"          # offline demo
+    python sample_video.py --prompt-file prompts.csv --resume --save-path results/
+
+Defaults are the released model's (720x1280, 129 frames, 50 steps, flow shift 7, embedded
+guidance 6, reverse schedule on), so a bare command makes a correct video. Every flag, prompt and
+file is checked before any model loads; bad input gets one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyvideo.apps import cli
+
+log = logging.getLogger("hyvideo.sample")
+
+
+def build_parser(variants: list[str], resolutions: list[str]) -> argparse.ArgumentParser:
+    p = cli.OneLineParser(description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    cli.add_model_args(p, variants)
+    cli.add_runtime_args(p)
+    cli.add_rewrite_args(p)
+    s = p.add_argument_group("sampling (defaults: the model variant's)")
+    s.add_argument("--prompt", help="text describing the video")
+    s.add_argument("--neg-prompt", help="negative prompt for --cfg-scale > 1 (default: the official one)")
+    s.add_argument("--prompt-file", type=Path, help="batch: .csv (Penguin benchmark layout: ',prompt'), .txt "
+                   "(one per line) or .jsonl (prompt, optional seed/negative_prompt/id)")
+    s.add_argument("--prompt-ids", metavar="IDS", help="only these ids of --prompt-file, e.g. 0-9,172")
+    s.add_argument("--resume", action="store_true", help="skip prompt-file ids already in <save-path>/manifest.jsonl")
+    s.add_argument("--video-size", type=cli.whole, nargs=2, metavar=("HEIGHT", "WIDTH"), help="multiples of 16")
+    s.add_argument("--resolution", choices=resolutions, help="an official size preset, e.g. 720p-16:9 (HxW 720x1280)")
+    s.add_argument("--video-length", type=cli.whole, help="frames, 4n+1 (default 129)")
+    s.add_argument("--infer-steps", type=cli.whole, help="denoising steps (default 50)")
+    s.add_argument("--seed", type=cli.whole, help="base seed; video i uses seed+i (default: random, logged)")
+    s.add_argument("--seed-type", choices=["auto", "random", "fixed"], default="auto",
+                   help="auto: --seed (or a random one) + i per video; random: a random base seed even "
+                   "with --seed; fixed: --seed for the single video of each prompt")
+    s.add_argument("--cfg-scale", type=cli.finite, help="real classifier-free guidance; > 1 runs a negative branch (default 1)")
+    s.add_argument("--embedded-cfg-scale", type=cli.finite, help="distilled guidance fed to the DiT (default 6.0)")
+    s.add_argument("--flow-shift", type=cli.finite, help="time shift of the sigma schedule (default 7.0)")
+    s.add_argument("--flow-reverse", action=argparse.BooleanOptionalAction, default=None,
+                   help="sigmas from 1 to 0 (default on: the released model needs it)")
+    s.add_argument("--flow-solver", default="euler", choices=["euler"], help="ODE solver (only euler exists)")
+    s.add_argument("--num-videos", type=cli.whole, default=1, help="videos per prompt (seeds seed, seed+1, ...)")
+    s.add_argument("--batch-size", type=cli.whole, default=1, help="videos per DiT call")
+    o = p.add_argument_group("output")
+    o.add_argument("--save-path", type=Path, default=Path("results"), help="output folder (default results/)")
+    o.add_argument("--save-path-suffix", default="", help="official: save under <save-path>_<suffix>")
+    o.add_argument("--name-suffix", default="", help="official: appended to every output file name")
+    o.add_argument("--output-type", default="mp4", choices=["mp4", "frames", "latents"],
+                   help="mp4 (24 fps, settings in its metadata), a PNG frame folder, or float32 latents (.safetensors)")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _version() -> str:
+    from hyvideo import __version__
+
+    return __version__
+
+
+@dataclass
+class Job:
+    """One prompt to generate: its id, its checked request and the rewrite it went through."""
+
+    id: str
+    prompt: str  # as written (the request holds the prompt encoded, possibly rewritten)
+    request: object
+    rewrite: object | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a run needs, checked before any model loads."""
+
+    load: object
+    runtime: object
+    save_path: Path
+    jobs: list[Job] = field(default_factory=list)
+    parallel: object | None = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    from hyvideo.pipeline.geometry import RESOLUTIONS
+    from hyvideo.pipeline.variants import variant_names
+
+    args = build_parser(variant_names(), list(RESOLUTIONS)).parse_args(argv)
+    try:
+        plan = prepare(args)
+        if not plan.jobs:
+            print("nothing to do: every prompt is already in the manifest", file=sys.stderr)
+            return 0
+        from hyvideo import compat
+        from hyvideo.runtime.build import load_pipeline
+
+        pipe = load_pipeline(plan.load, plan.runtime, parallel=plan.parallel)
+        for job in plan.jobs:
+            compat.reset_peak_memory_stats(plan.runtime.resolved_device())
+            start = time.perf_counter()
+            result = pipe(job.request, decode=args.output_type != "latents", show_progress=not args.quiet)
+            if pipe.is_main:  # only rank 0 writes files and the manifest
+                save(result, job, plan, args, pipe.name, time.perf_counter() - start)
+    except KeyboardInterrupt:
+        return cli.fail("interrupted; finished videos are saved and listed in the manifest (use --resume)")
+    except Exception as exc:  # noqa: BLE001 (the expected failures become one line)
+        return report(exc)
+    return 0
+
+
+def report(exc: Exception) -> int:
+    """One line for an expected failure (bad input, missing files, out of memory); re-raise others."""
+    from hyvideo.apps.batch import PromptFileError
+    from hyvideo.apps.rewrite import RewriteError
+    from hyvideo.checkpoints.reading import CheckpointError
+
+    if isinstance(exc, (PromptFileError, CheckpointError, RewriteError, ValueError)):
+        return cli.fail(cli.usage_message(exc))
+    if is_out_of_memory(exc):
+        return cli.fail("out of memory while generating; lower memory with --offload model (or blocks), "
+                        "--use-fp8, --vae-tiling, a smaller --video-size or a shorter --video-length")
+    raise exc
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """A device out-of-memory error, or the CPU allocator's failure to allocate."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Check every flag, prompt and path and build the jobs; join the torchrun group."""
+    from hyvideo.pipeline.components import check_paths
+    from hyvideo.pipeline.variants import load_variant
+
+    if bool(args.prompt) == bool(args.prompt_file):
+        raise ValueError("give either --prompt \"...\" or --prompt-file FILE")
+    if args.prompt_ids and not args.prompt_file:
+        raise ValueError("--prompt-ids selects rows of --prompt-file; give --prompt-file too")
+    load, runtime = cli.load_options(args), cli.runtime_options(args)
+    runtime.check(load)
+    variant = load_variant(args.model)
+    fields = sampling_fields(args, variant)
+    parallel, runtime = join_parallel(args, variant, fields, runtime)
+    plan = Plan(load, runtime, save_path_of(args), parallel=parallel)
+    if parallel is None or parallel.is_main:
+        cli.check_output_folder(plan.save_path, "--save-path")
+        plan.jobs = make_jobs(args, variant, fields, plan.save_path)
+    if parallel is not None:  # every rank runs the same jobs with the same seeds
+        plan.jobs = share_from_main(plan.jobs)
+    if plan.jobs:
+        check_paths(load)  # every weight file exists, before minutes of loading
+    return plan
+
+
+def save_path_of(args: argparse.Namespace) -> Path:
+    return Path(f"{args.save_path}_{args.save_path_suffix}") if args.save_path_suffix else args.save_path
+
+
+def sampling_fields(args: argparse.Namespace, variant) -> dict:
+    """The sampling flags as request fields (the variant's defaults fill in the rest); the size
+    and frame count are checked against the model's geometry here."""
+    from hyvideo.pipeline.geometry import RESOLUTIONS
+
+    if args.video_size and args.resolution:
+        raise ValueError("give either --video-size or --resolution, not both")
+    if args.seed_type == "fixed" and args.num_videos > 1:
+        raise ValueError("--seed-type fixed gives every video of a prompt the same seed; use --num-videos 1")
+    height, width = args.video_size or RESOLUTIONS.get(args.resolution, (None, None))
+    fields = dict(height=height or variant.sampling.height, width=width or variant.sampling.width,
+                  video_length=args.video_length or variant.sampling.video_length,
+                  infer_steps=args.infer_steps, cfg_scale=args.cfg_scale,
+                  embedded_cfg_scale=args.embedded_cfg_scale, flow_shift=args.flow_shift,
+                  flow_reverse=args.flow_reverse, num_videos=args.num_videos, batch_size=args.batch_size)
+    variant.geometry.check_size(fields["height"], fields["width"])
+    variant.geometry.check_frames(fields["video_length"])
+    fields["seed"] = args.seed if args.seed is not None and args.seed_type != "random" else random.randrange(2**31)
+    return fields
+
+
+def join_parallel(args: argparse.Namespace, variant, fields: dict, runtime):
+    """Under torchrun: check the degrees for the size, then join the group on this rank's device."""
+    from hyvideo.runtime.build import device_for_rank
+    from hyvideo.runtime.parallel.config import check_degrees
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    config = cli.parallel_config(args, world, fields["cfg_scale"] or variant.sampling.cfg_scale)
+    if config is None:
+        return None, runtime
+    check_degrees(config, world_size=world, geometry=variant.geometry, video_length=fields["video_length"],
+                  height=fields["height"], width=fields["width"])
+    if runtime.device is None:
+        runtime = dataclasses.replace(runtime, device=device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
+    if int(os.environ.get("RANK", "0")) != 0:
+        args.quiet = True
+    return cli.start_parallel(config, runtime.resolved_device()), runtime
+
+
+def make_jobs(args: argparse.Namespace, variant, fields: dict, save_path: Path) -> list[Job]:
+    """The prompts to run (a file's rows or --prompt), minus those done (--resume), rewritten
+    (--rewrite), each a checked request."""
+    from hyvideo.apps.batch import Manifest, PromptJob, read_prompt_file, select_ids
+
+    if args.prompt_file:
+        rows = select_ids(read_prompt_file(args.prompt_file, fields["seed"]), args.prompt_ids)
+        manifest = Manifest(save_path)
+        rows = manifest.pending(rows) if args.resume else rows
+        manifest.create()  # present from the start: a kill before the first video still resumes
+    else:
+        rows = [PromptJob(time.strftime("%Y%m%d-%H%M%S"), args.prompt, fields["seed"], args.neg_prompt)]
+    jobs = [Job(row.id, row.prompt, variant.request(**{**fields, "prompt": row.prompt, "seed": row.seed,
+                                                       "negative_prompt": row.negative_prompt or args.neg_prompt}))
+            for row in rows]
+    rewrite_jobs(jobs, args)
+    return jobs
+
+
+def rewrite_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
+    """Rewrite every prompt first (before the models load: fails fast, frees the rewriter)."""
+    from hyvideo.apps.rewrite import build_rewriter
+
+    opts = cli.rewrite_options(args, os.environ.get("HYVIDEO_REWRITE_API_KEY"))
+    if opts is None or not jobs:
+        return
+    rewriter = build_rewriter(opts)
+    for job in jobs:
+        job.rewrite = rewriter.rewrite_result(job.prompt)
+        job.request = job.request.replace(prompt=job.rewrite.prompt)
+
+
+def share_from_main(obj):
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def save(result, job: Job, plan: Plan, args: argparse.Namespace, model: str, seconds: float) -> None:
+    """Write every video of ``result`` and record it in the manifest."""
+    from hyvideo import compat
+    from hyvideo.apps.batch import Manifest
+    from hyvideo.apps.output import output_metadata, output_stem, write_output
+
+    extra = dict(job.rewrite.metadata()) if job.rewrite else {}
+    if plan.load.loras:
+        extra["loras"] = [{"path": str(x.path), "scale": x.scale} for x in plan.load.loras]
+    peak = compat.max_memory_allocated(plan.runtime.resolved_device())
+    for i in range(job.request.num_videos):
+        vid = job.id if job.request.num_videos == 1 else f"{job.id}.{i}"
+        meta = output_metadata(result, i, model=model, job_id=job.id, extra=extra)
+        stem = output_stem(job.id, result.seeds[i], job.prompt, args.name_suffix)
+        path = write_output(result, i, plan.save_path, stem, meta, args.output_type)
+        Manifest(plan.save_path).append({**meta, "id": vid, "job": job.id, "output": str(path),
+                                         "seconds": round(seconds, 2),
+                                         "peak_memory_gib": peak / 2**30 if peak is not None else None})
+        log.info("saved %s (seed %d, %.1f s)", path, result.seeds[i], seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

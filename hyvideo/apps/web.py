@@ -1,0 +1,160 @@
+"""Serve HunyuanVideo as a Gradio web page (``gradio_server.py``, ``hyvideo-web``), with a
+``gradio_client`` API named /generate.
+
+    python gradio_server.py                              # official checkpoints under ckpts/
+    python gradio_server.py --model tiny-random          # offline demo, random weights
+    python gradio_server.py --use-cpu-offload --max-frames 65 --server-port 8081
+
+The loading flags are sample_video.py's. The server listens on 127.0.0.1 unless --server-name
+says otherwise; one video is generated at a time and other requests wait in a queue. Videos are
+written under --output-dir with generated names, their settings embedded in the mp4. Every flag
+and the port are checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from hyvideo.apps import cli
+
+log = logging.getLogger("hyvideo.web")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def positive_int(text: str) -> int:
+    value = cli.whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = cli.whole(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def build_parser(variants: list[str]) -> argparse.ArgumentParser:
+    p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_model_args(p, variants)
+    cli.add_runtime_args(p)
+    s = p.add_argument_group("server")
+    s.add_argument("--server-name", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    s.add_argument("--server-port", type=port_number, default=7860, help="port (default 7860)")
+    s.add_argument("--share", action="store_true", help="also open a public *.gradio.live link (default off)")
+    s.add_argument("--output-dir", type=Path, default=Path("results/webui"),
+                   help="where the videos are written, with generated names (default results/webui)")
+    s.add_argument("--queue-size", type=positive_int, default=16,
+                   help="requests that may wait for the device; more are refused (default 16)")
+    g = p.add_argument_group("limits on one request (checked on the server)")
+    g.add_argument("--max-pixels", type=positive_int, default=1280 * 720,
+                   help="height x width of a frame (default 921600: 720p)")
+    g.add_argument("--max-frames", type=positive_int, default=129, help="video length (default 129)")
+    g.add_argument("--max-steps", type=positive_int, default=100, help="denoising steps (default 100)")
+    return p
+
+
+def allowed_paths(output_dir: Path) -> list[str]:
+    """Folders Gradio may copy results from beyond the working and temp folders it accepts anyway.
+
+    Gradio also serves an allowed folder's files by name, so the output folder is added only when
+    it has to be: results are otherwise served from content-hashed copies no one can guess.
+    """
+    folder = output_dir.resolve()
+    if any(folder.is_relative_to(Path(base).resolve()) for base in (os.getcwd(), tempfile.gettempdir())):
+        return []
+    return [str(folder)]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """The port must be free now, not found busy after minutes of loading."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"--server-port {port}: cannot listen on {host}:{port} "
+                             f"({exc.strerror}); choose a free port") from None
+
+
+def prepare(args: argparse.Namespace):
+    """Check every flag, the port and the paths; join the torchrun group. -> (load, runtime, state)"""
+    from hyvideo.pipeline.components import check_paths
+    from hyvideo.pipeline.variants import load_variant
+    from hyvideo.runtime.build import device_for_rank
+    from hyvideo.runtime.parallel.config import check_degrees
+
+    load, runtime = cli.load_options(args), cli.runtime_options(args)
+    runtime.check(load)
+    variant = load_variant(args.model)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    config = cli.parallel_config(args, world, variant.sampling.cfg_scale)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        cli.check_output_folder(args.output_dir, "--output-dir")
+        check_port_free(args.server_name, args.server_port)
+    check_paths(load)
+    if config is None:
+        return load, runtime, None
+    s = variant.sampling
+    check_degrees(config, world_size=world, geometry=variant.geometry, video_length=s.video_length,
+                  height=s.height, width=s.width)
+    if runtime.device is None:
+        import dataclasses
+
+        runtime = dataclasses.replace(runtime, device=device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
+    return load, runtime, cli.start_parallel(config, runtime.resolved_device())
+
+
+def serve(args: argparse.Namespace, load, runtime, state) -> int:
+    from hyvideo.apps.webui import Limits, build_demo
+    from hyvideo.runtime.build import load_pipeline
+
+    pipe = load_pipeline(load, runtime, parallel=state)
+    if state is not None:
+        from hyvideo.runtime.parallel import LeaderPipeline, follow
+
+        if not state.is_main:  # the other ranks run rank 0's requests in step with it
+            follow(pipe)
+            return 0
+        pipe = LeaderPipeline(pipe, state)
+    limits = Limits(max_pixels=args.max_pixels, max_frames=args.max_frames, max_steps=args.max_steps)
+    demo = build_demo(pipe, output_dir=args.output_dir, limits=limits, queue_size=args.queue_size)
+    if args.server_name not in LOOPBACK:
+        log.warning("listening on %s: anyone who can reach this address can use the device", args.server_name)
+    try:
+        demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share,
+                    allowed_paths=allowed_paths(args.output_dir), show_error=False)
+    finally:
+        if hasattr(pipe, "close"):  # under torchrun: let the following ranks exit too
+            pipe.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    import importlib.util
+
+    from hyvideo.pipeline.variants import variant_names
+
+    args = build_parser(variant_names()).parse_args(argv)
+    if importlib.util.find_spec("gradio") is None:
+        return cli.fail("the web demo needs Gradio: pip install 'hyvideo[web]' (or pip install gradio)")
+    from hyvideo.apps.batch import PromptFileError
+    from hyvideo.checkpoints.reading import CheckpointError
+
+    try:
+        return serve(args, *prepare(args))
+    except (CheckpointError, PromptFileError, ValueError) as exc:
+        return cli.fail(cli.usage_message(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
