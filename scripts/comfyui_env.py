@@ -12,6 +12,7 @@ linked as a custom node pack, models/output under ``--base``, until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -21,6 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout: the harness lives beside the tests using it
 
 from tests import comfyui_harness as harness  # noqa: E402
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     base = args.base or Path(tempfile.mkdtemp(prefix="hyvideo-comfyui-"))
     server = harness.ComfyServer(env, base, {"hyvideo": ROOT / "comfyui"})
     server.port, server.url = args.port, f"http://127.0.0.1:{args.port}"
+    # A plain `kill` of this script stops the server too (as Ctrl-C does).
+    signal.signal(signal.SIGTERM, _interrupt)
     with server:
         print(f"ComfyUI {harness.COMFYUI_VERSION} at {server.url} (base {base}); Ctrl-C stops it",
               file=sys.stderr)
