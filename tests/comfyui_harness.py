@@ -236,7 +236,11 @@ class ComfyServer:
         self.proc = subprocess.Popen(cmd, cwd=self.env.folder, env=env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
-        self._wait_ready(timeout)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # not ready, or Ctrl-C while waiting: leave no server behind
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -249,7 +253,6 @@ class ComfyServer:
                 if status == 200:
                     return
             time.sleep(0.3)
-        self.stop()
         raise ComfyUIUnavailable(f"server not ready in {timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 30) -> None:
