@@ -37,7 +37,7 @@ def exported(convert, tmp_path_factory):
 
 
 def _load(**load):
-    from hyvideo.pipeline.components import LoadOptions
+    from hyvideo.pipeline.options import LoadOptions
     from hyvideo.runtime.build import RuntimeOptions, load_pipeline
 
     return load_pipeline(LoadOptions(**load), RuntimeOptions(device=torch.device("cpu")))
@@ -84,7 +84,8 @@ def test_diffusers_output_equals_ours(exported, ours):
 
 
 def test_our_loader_reads_the_export_bit_for_bit(exported, ours):
-    from hyvideo.pipeline.components import CheckpointPaths, Precisions
+    from hyvideo.checkpoints.layouts import CheckpointPaths
+    from hyvideo.pipeline.options import Precisions
 
     _, result = ours
     pipe = _load(paths=CheckpointPaths(model_base=exported), precisions=Precisions("fp32", "fp32", "fp32", "fp32"))
@@ -152,3 +153,11 @@ def test_missing_checkpoints_are_one_line(convert, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "nowhere" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_fp8_dit_is_refused(convert, ours, tmp_path):
+    dit = ours[0].dit
+    state = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in dit.state_dict().items()}
+    with pytest.raises(convert.UsageError, match="float8 weights .* bf16 mp_rank_00_model_states.pt"):
+        convert.write_transformer(state, dit.config, tmp_path / "transformer")
+    assert not (tmp_path / "transformer").exists()
