@@ -146,7 +146,8 @@ def resolve_model_folder(name: str) -> Path:
 
 def load_options(spec: ModelSpec):
     """hyvideo's (LoadOptions, RuntimeOptions) for ``spec`` on ComfyUI's device."""
-    from hyvideo.pipeline.components import CheckpointPaths, LoadOptions, Precisions
+    from hyvideo.checkpoints.layouts import CheckpointPaths
+    from hyvideo.pipeline.options import LoadOptions, Precisions
     from hyvideo.runtime.build import CompileConfig, Fp8MatmulConfig, RuntimeOptions
     from hyvideo.runtime.offload.config import OffloadConfig
 

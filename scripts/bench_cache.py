@@ -37,18 +37,16 @@ def build(args):
     """(pipeline with a larger random DiT, text conditioning, starting noise, schedule)."""
     import torch
 
-    from hyvideo.pipeline.components import (
-        TINY,
-        PipelineOptions,
-        _randomize,
-        tiny_random_pipeline,
-    )
+    from hyvideo.pipeline.options import TINY, LoadOptions
+    from hyvideo.pipeline.tiny import randomize
     from hyvideo.pipeline.variants import load_variant
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
     from hyvideo.dit.loader import build_dit
     from hyvideo.pipeline.t2v import draw_noise
     from hyvideo.pipeline.scheduler import FlowMatchSchedule
 
-    pipe = tiny_random_pipeline(PipelineOptions(model=TINY, device=args.device))
+    device = torch.device(args.device) if args.device else None
+    pipe = load_pipeline(LoadOptions(model=TINY), RuntimeOptions(device=device))
     head_dim = args.hidden // args.heads
     t_dim = head_dim // 8 // 2 * 2  # the released model's split, 16 : 56 : 56 of 128
     rope = (t_dim, (head_dim - t_dim) // 2, (head_dim - t_dim) // 2)
@@ -58,7 +56,7 @@ def build(args):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         pipe.dit = build_dit(config, dtype=torch.float32, device=pipe.device)
-        _randomize(pipe.dit)
+        randomize(pipe.dit)
     request = pipe.request("a red kite over the sea at dawn", height=args.size[0], width=args.size[1],
                            video_length=args.size[2], infer_steps=args.steps, seed=42)
     with torch.inference_mode():
@@ -73,20 +71,17 @@ def timed_denoise(pipe, request, cond, noise, schedule, cache_config):
     """(latents, seconds, stats or None) for one generation's denoising loop."""
     import torch
 
-    from hyvideo.runtime.cache import enable_step_cache
     from hyvideo.pipeline.denoise import denoise
+    from hyvideo.runtime.cache import make_step_cache
 
-    cache = enable_step_cache(pipe.dit, cache_config)
-    try:
-        with torch.inference_mode():
-            _synchronize(pipe.device)
-            start = time.perf_counter()
-            latents = denoise(pipe.dit, noise, schedule, cond,
-                              embedded_cfg_scale=request.embedded_cfg_scale)
-            _synchronize(pipe.device)
-            seconds = time.perf_counter() - start
-    finally:
-        pipe.dit.set_step_cache(None)
+    cache = make_step_cache(cache_config)
+    with torch.inference_mode():
+        _synchronize(pipe.device)
+        start = time.perf_counter()
+        latents = denoise(pipe.dit, noise, schedule, cond, embedded_cfg_scale=request.embedded_cfg_scale,
+                          step_cache=cache)
+        _synchronize(pipe.device)
+        seconds = time.perf_counter() - start
     return latents, seconds, (cache.stats if cache is not None else None)
 
 

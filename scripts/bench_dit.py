@@ -36,7 +36,8 @@ def _build_pair(cfg: dict, dtype, device, with_diffusers: bool):
     import torch
 
     from hyvideo.dit.config import DiTConfig
-    from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_to_diffusers
+    from hyvideo.checkpoints.keys import dit_to_diffusers
+    from hyvideo.dit.config import dit_config_to_diffusers
     from hyvideo.dit.loader import build_dit
 
     config = DiTConfig.from_dict(cfg)

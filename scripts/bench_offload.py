@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyvideo.dit.config import DiTConfig
 from hyvideo.dit.loader import build_dit
-from hyvideo.runtime.offload import MODES, OffloadConfig, is_accelerator, offload_components
+from hyvideo.runtime.offload import MODES, OffloadConfig, offload_components
+from hyvideo.runtime.offload.modes import is_accelerator
 
 
 def build(args) -> tuple[torch.nn.Module, tuple]:

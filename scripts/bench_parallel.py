@@ -17,7 +17,6 @@ collective moves (a forward = one step with embedded guidance):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from hyvideo.dit.config import DiTConfig  # noqa: E402
 from hyvideo.dit.loader import build_dit  # noqa: E402
-from hyvideo.runtime.parallel import ParallelConfig, check_degrees, enable_sequence_parallel, init_parallel  # noqa: E402
+from hyvideo.pipeline.denoise import call_dit  # noqa: E402
+from hyvideo.pipeline.geometry import Geometry  # noqa: E402
+from hyvideo.pipeline.variants import load_variant  # noqa: E402
+from hyvideo.runtime.parallel import ParallelConfig, ParallelExecution, check_degrees, init_parallel  # noqa: E402
 
 TINY = dict(hidden_size=256, heads_num=8, mm_double_blocks_depth=2, mm_single_blocks_depth=4,
             text_states_dim=256, text_states_dim_2=64, rope_dim_list=[8, 12, 12], guidance_embed=True)
@@ -62,13 +64,15 @@ def main() -> int:
     device = torch.device(f"{torch.accelerator.current_accelerator().type}:{local}") \
         if torch.accelerator.is_available() else torch.device("cpu")
     if args.full:
-        cfg = DiTConfig.from_dict(json.loads((ROOT / "configs" / "HYVideo-T2-cfgdistill.json").read_text())["dit"])
+        cfg = load_variant("HYVideo-T/2-cfgdistill").dit
         latent, dtype, n_txt = (16, 33, 90, 160), torch.bfloat16, 256
     else:
         cfg, latent, dtype, n_txt = DiTConfig.from_dict(TINY), (16, 9, 32, 32), torch.float32, 64
     par = ParallelConfig(args.ulysses_degree, args.ring_degree)
     grid = (latent[1], latent[2] // 2, latent[3] // 2)
-    check_degrees(par, world_size=world, heads=cfg.heads_num, token_grid=grid)
+    geometry = Geometry(patch_size=tuple(cfg.patch_size), heads=cfg.heads_num)
+    check_degrees(par, world_size=world, geometry=geometry, video_length=(latent[1] - 1) * 4 + 1,
+                  height=latent[2] * 8, width=latent[3] * 8)
     state = init_parallel(par, device)
 
     torch.manual_seed(0)
@@ -87,21 +91,20 @@ def main() -> int:
     def timed(model, everyone: bool) -> float:
         times = []
         with torch.inference_mode():
-            model(x, t, states, mask, pooled, guidance)
+            model(single, x, t, states, mask, pooled, guidance)
             for _ in range(args.repeats):
                 if everyone:
                     dist.barrier()
                 start = time.perf_counter()
-                model(x, t, states, mask, pooled, guidance)
+                model(single, x, t, states, mask, pooled, guidance)
                 if device.type != "cpu":
                     torch.accelerator.synchronize()
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    one = timed(single, False) if state.is_main else None  # others wait at the next barrier
+    one = timed(call_dit, False) if state.is_main else None  # others wait at the next barrier
     dist.barrier()
-    enable_sequence_parallel(single, state)
-    many = timed(single, True)
+    many = timed(ParallelExecution(state).predict, True)
     if state.is_main:
         n_img = grid[0] * grid[1] * grid[2]
         volume = comm_bytes(cfg, n_img, n_txt, par, torch.finfo(dtype).bits // 8)

@@ -217,7 +217,8 @@ def build_dit_pair(setup: BenchSetup, device: torch.device, attention: str, seed
     """Our DiT with random weights, and diffusers' transformer holding the same tensors."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_to_diffusers
+    from hyvideo.checkpoints.keys import dit_to_diffusers
+    from hyvideo.dit.config import dit_config_to_diffusers
     from hyvideo.dit.loader import build_dit
 
     c = setup.dit
@@ -283,6 +284,7 @@ def build_pipelines(setup: BenchSetup, device: torch.device, attention: str = "s
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers import HunyuanVideoPipeline as DiffusersPipeline
 
+    from hyvideo.pipeline.geometry import Geometry
     from hyvideo.pipeline.t2v import HunyuanVideoPipeline
     from hyvideo.text import CLIPTextEncoder, LLMTextEncoder, TextEncoders
 
@@ -296,8 +298,9 @@ def build_pipelines(setup: BenchSetup, device: torch.device, attention: str = "s
     text = TextEncoders(LLMTextEncoder(llm, llm_tok), CLIPTextEncoder(clip, clip_tok))
     defaults = SamplingDefaults(height=setup.height, width=setup.width, video_length=setup.frames,
                                 flow_shift=FLOW_SHIFT, embedded_cfg_scale=EMBEDDED_CFG)
+    geometry = Geometry(patch_size=tuple(setup.dit.patch_size), heads=setup.dit.heads_num)
     ours = HunyuanVideoPipeline(dit, vae, text, device=device, name=f"benchmark-{setup.name}",
-                                defaults=defaults, vae_tiling=vae_tiling)
+                                defaults=defaults, geometry=geometry, vae_tiling=vae_tiling)
     theirs = DiffusersPipeline(text_encoder=llm, tokenizer=llm_tok, transformer=dit_d, vae=vae_d,
                                scheduler=FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT),
                                text_encoder_2=clip, tokenizer_2=clip_tok)
@@ -529,11 +532,12 @@ def benchmark(setup: BenchSetup, device: torch.device, *, steps: int, repeats: i
     """Build both pipelines, run them alternated, and return every figure of the report."""
     if steps < 1 or repeats < 1 or warmup < 0:
         raise ValueError("--steps and --repeats must be >= 1 and --warmup >= 0")
-    from hyvideo.pipeline.t2v import GenerationRequest
+    from hyvideo.pipeline.geometry import Geometry
+    from hyvideo.pipeline.types import GenerationRequest
 
     # Sizes checked before minutes of building: a one-line UsageError (a ValueError) naming the fix.
-    GenerationRequest(PROMPT, height=setup.height, width=setup.width,
-                      video_length=setup.frames).validate()
+    Geometry(patch_size=tuple(setup.dit.patch_size), heads=setup.dit.heads_num).check_request(
+        GenerationRequest(PROMPT, height=setup.height, width=setup.width, video_length=setup.frames))
     pipes = build_pipelines(setup, device, attention, diffusers_attention, vae_tiling)
     result = run_alternated(pipes, setup, device, steps, repeats, warmup)
     thw = pipes.ours.vae.latent_shape(setup.frames, setup.height, setup.width)
@@ -668,7 +672,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from hyvideo.pipeline.components import default_device
+    from hyvideo.runtime.build import default_device
 
     device = torch.device(args.device) if args.device else default_device()
     if args.full and device.type == "cpu":

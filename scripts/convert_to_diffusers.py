@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout
 
-from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_to_diffusers  # noqa: E402
+from hyvideo.checkpoints.keys import dit_to_diffusers  # noqa: E402
+from hyvideo.dit.config import dit_config_to_diffusers  # noqa: E402
 from hyvideo.checkpoints.reading import CheckpointError, check_state_dict  # noqa: E402
 from hyvideo.dit.config import DiTConfig  # noqa: E402
 from hyvideo.vae import VAEConfig  # noqa: E402
@@ -260,7 +261,7 @@ def convert_official(args: argparse.Namespace, out: Path, dtype: torch.dtype | N
     """The official ``ckpts/`` tree (paths derived from ``--model-base``; overrides win) -> ``out``."""
     from hyvideo.checkpoints.keys import official_dit_state
     from hyvideo.checkpoints.reading import read_state_dict
-    from hyvideo.pipeline.components import CheckpointPaths, component_paths
+    from hyvideo.checkpoints.layouts import CheckpointPaths, component_paths
     from hyvideo.pipeline.variants import load_variant
     from hyvideo.text import load_clip_encoder, load_llm_encoder
     from hyvideo.vae.loader import find_vae_files, unwrap_vae_state_dict

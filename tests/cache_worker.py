@@ -14,13 +14,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from hyvideo.runtime.cache import CacheConfig, enable_step_cache
-from hyvideo.runtime.parallel import (
-    CfgParallel,
-    ParallelConfig,
-    enable_sequence_parallel,
-    init_parallel,
-)
+from hyvideo.runtime.cache import CacheConfig, make_step_cache
+from hyvideo.runtime.parallel import ParallelConfig, ParallelExecution, init_parallel
 from tests.dit_utils import random_dit
 from tests.test_cache import CONFIG, generate
 
@@ -29,14 +24,14 @@ def main(out: str, runs: list[str]) -> None:
     torch.set_num_threads(1)
     cfg_degree = int(os.environ["WORLD_SIZE"]) // 2
     state = init_parallel(ParallelConfig(1, 2, cfg_degree), torch.device("cpu"))
-    cfg_parallel = CfgParallel(state) if cfg_degree == 2 else None
+    execution = ParallelExecution(state)
     dit = random_dit(CONFIG)  # the same seed on every rank: identical weights
-    enable_sequence_parallel(dit, state)
     result = {}
     for run in runs:
         mode, threshold = run.split(":")
-        cache = enable_step_cache(dit, CacheConfig(mode, float(threshold)))
-        latents = generate(dit, steps=10, cfg=cfg_parallel is not None, cfg_parallel=cfg_parallel)
+        groups = (state.cfg_group,) if state.cfg_group is not None else ()
+        cache = make_step_cache(CacheConfig(mode, float(threshold)), groups)
+        latents = generate(dit, steps=10, cfg=cfg_degree == 2, cache=cache, predict=execution.predict)
         stats = [None] * state.world_size
         dist.all_gather_object(stats, dataclasses.asdict(cache.stats))
         result[run] = {"latents": latents, "stats": stats}

@@ -10,7 +10,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from hyvideo.runtime.parallel import (CfgParallel, ParallelConfig, enable_sequence_parallel, init_parallel)
+from hyvideo.runtime.parallel import ParallelConfig, ParallelExecution, init_parallel
 from hyvideo.text.conditioning import TextConditioning
 from hyvideo.pipeline.denoise import denoise
 from hyvideo.pipeline.scheduler import FlowMatchSchedule
@@ -34,18 +34,17 @@ def main(mode: str, out: str, u: int, r: int, cfg_degree: int) -> None:
         dist.barrier()
         dist.destroy_process_group()
         return
-    enable_sequence_parallel(dit, state)
+    execution = ParallelExecution(state)
     x, t, states, mask, pooled, guidance = random_inputs(config, batch=2, thw=(3, 4, 8), text_len=9, valid=(7, 3))
     with torch.inference_mode():
         if mode == "forward":
-            result = {"out": dit(x, t, states, mask, pooled, guidance)}
+            result = {"out": execution.predict(dit, x, t, states, mask, pooled, guidance)}
         else:  # a short denoising run, with real CFG when cfg_degree is 2
             schedule = FlowMatchSchedule.create(3, 5.0)
             pos = TextConditioning(states[:1], mask[:1], pooled[:1])
             neg = TextConditioning(states[1:], mask[1:], pooled[1:])
-            cfg = CfgParallel(state) if cfg_degree > 1 else None
             result = {"latents": denoise(dit, x[:1], schedule, pos, negative=neg, cfg_scale=4.0,
-                                         embedded_cfg_scale=6.0, cfg_parallel=cfg)}
+                                         embedded_cfg_scale=6.0, predict=execution.predict)}
     if state.rank == 0:
         torch.save(result, out)
     dist.barrier()

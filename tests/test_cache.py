@@ -18,12 +18,11 @@ from hyvideo.runtime.cache import (
     CacheConfig,
     FirstBlockCache,
     TeaCache,
-    enable_step_cache,
     make_step_cache,
     rescale_teacache,
 )
 from hyvideo.text.conditioning import TextConditioning
-from hyvideo.pipeline.denoise import denoise
+from hyvideo.pipeline.denoise import call_dit, denoise
 from hyvideo.pipeline.scheduler import FlowMatchSchedule
 from tests.conftest import ROOT
 from tests.dit_utils import random_dit, random_inputs, tiny_config
@@ -34,28 +33,23 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def dit():
-    model = random_dit(CONFIG)
-    yield model
-    model.set_step_cache(None)
+    return random_dit(CONFIG)
 
 
 def generate(dit, *, steps: int = STEPS, cfg: bool = False, thw=(3, 4, 6), seed: int = 1,
-             cfg_parallel=None):
+             cache=None, predict=call_dit):
     x, _, states, mask, pooled, _ = random_inputs(CONFIG, batch=2, thw=thw, seed=seed)
     pos = TextConditioning(states[:1], mask[:1], pooled[:1])
     neg = TextConditioning(states[1:], mask[1:], pooled[1:])
     with torch.inference_mode():
         return denoise(dit, x[:1], FlowMatchSchedule.create(steps, 7.0), pos,
                        negative=neg if cfg else None, cfg_scale=4.0 if cfg else 1.0,
-                       cfg_parallel=cfg_parallel)
+                       step_cache=cache, predict=predict)
 
 
 def with_cache(dit, mode: str, threshold: float, **kw):
-    cache = enable_step_cache(dit, CacheConfig(mode, threshold))
-    try:
-        return generate(dit, **kw), cache
-    finally:
-        dit.set_step_cache(None)
+    cache = make_step_cache(CacheConfig(mode, threshold))
+    return generate(dit, cache=cache, **kw), cache
 
 
 class Recording:
@@ -67,9 +61,9 @@ class Recording:
     def __getattr__(self, name):
         return getattr(self.cache, name)
 
-    def run(self, dit, img, txt, vec, rope, groups):
-        out = self.cache.run(dit, img, txt, vec, rope, groups)
-        self.calls.append({"img": img.clone(), "vec": vec.clone(), "out": out.clone()})
+    def run(self, dit, img, txt, inputs):
+        out = self.cache.run(dit, img, txt, inputs)
+        self.calls.append({"img": img.clone(), "vec": inputs.vec.clone(), "out": out.clone()})
         return out
 
 
@@ -80,11 +74,9 @@ def recorded_run(dit, mode: str, threshold: float, **kw):
     first_outputs, last_block_runs = [], []
     hooks = [dit.double_blocks[0].register_forward_hook(lambda m, a, out: first_outputs.append(out[0].clone())),
              dit.single_blocks[-1].register_forward_hook(lambda m, a, out: last_block_runs.append(1))]
-    dit.set_step_cache(recording)
     try:
-        generate(dit, **kw)
+        generate(dit, cache=recording, **kw)
     finally:
-        dit.set_step_cache(None)
         for h in hooks:
             h.remove()
     return recording.calls, recording.cache, first_outputs, len(last_block_runs)
@@ -131,14 +123,11 @@ def test_threshold_zero_is_bit_identical_to_no_cache(dit, mode, cfg):
 
 @pytest.mark.parametrize("mode,threshold", [("teacache", 100.0), ("first-block", 1.0)])
 def test_two_generations_are_identical_and_independent(dit, mode, threshold):
-    cache = enable_step_cache(dit, CacheConfig(mode, threshold))
-    try:
-        first = generate(dit)
-        stats = copy.deepcopy(cache.stats)
-        generate(dit, thw=(3, 4, 8), seed=5)  # another size in between: nothing may leak
-        second = generate(dit)
-    finally:
-        dit.set_step_cache(None)
+    cache = make_step_cache(CacheConfig(mode, threshold))
+    first = generate(dit, cache=cache)
+    stats = copy.deepcopy(cache.stats)
+    generate(dit, thw=(3, 4, 8), seed=5, cache=cache)  # another size in between: nothing may leak
+    second = generate(dit, cache=cache)
     assert stats.skipped > 0
     assert torch.equal(first, second)
     assert cache.stats == stats
@@ -212,39 +201,33 @@ def test_first_and_last_steps_always_run(dit, mode, threshold):
 @pytest.mark.parametrize("mode", ["teacache", "first-block"])
 def test_a_new_shape_is_recomputed_not_given_a_stale_residual(dit, mode):
     x, t, states, mask, pooled, guidance = random_inputs(CONFIG, batch=2)
-    cache = enable_step_cache(dit, CacheConfig(mode, 1e9))
-    try:
-        cache.begin(4)
-        with torch.inference_mode():
-            for k, rows in enumerate((2, 2, 1)):  # the batch shrinks at step 2
-                cache.start_step(k)
-                got = dit(x[:rows], t[:rows], states[:rows], mask[:rows], pooled[:rows], guidance[:rows])
-            dit.set_step_cache(None)
-            expected = dit(x[:1], t[:1], states[:1], mask[:1], pooled[:1], guidance[:1])
-    finally:
-        dit.set_step_cache(None)
+    cache = make_step_cache(CacheConfig(mode, 1e9))
+    cache.begin(4)
+    with torch.inference_mode():
+        for k, rows in enumerate((2, 2, 1)):  # the batch shrinks at step 2
+            cache.start_step(k)
+            got = dit(x[:rows], t[:rows], states[:rows], mask[:rows], pooled[:rows], guidance[:rows],
+                      step_cache=cache)
+        expected = dit(x[:1], t[:1], states[:1], mask[:1], pooled[:1], guidance[:1])
     assert cache.stats.decisions == [True, False, True]
     assert torch.equal(got, expected)
 
 
 def test_misuse_raises_clear_errors(dit):
     x, t, states, mask, pooled, guidance = random_inputs(CONFIG, batch=1)
-    cache = enable_step_cache(dit, CacheConfig("teacache", 0.1))
-    try:
-        with torch.inference_mode():
-            with pytest.raises(RuntimeError, match="no generation was started"):
-                dit(x, t, states, mask, pooled, guidance)
-            cache.begin(3)
-            cache.start_step(0)
-            dit(x, t, states, mask, pooled, guidance)
-            with pytest.raises(RuntimeError, match="called twice in step 0"):
-                dit(x, t, states, mask, pooled, guidance)
-            with pytest.raises(RuntimeError, match="outside the generation"):
-                cache.start_step(3)
-        with pytest.raises(ValueError, match="at least one step"):
-            cache.begin(0)
-    finally:
-        dit.set_step_cache(None)
+    cache = make_step_cache(CacheConfig("teacache", 0.1))
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="no generation was started"):
+            dit(x, t, states, mask, pooled, guidance, step_cache=cache)
+        cache.begin(3)
+        cache.start_step(0)
+        dit(x, t, states, mask, pooled, guidance, step_cache=cache)
+        with pytest.raises(RuntimeError, match="called twice in step 0"):
+            dit(x, t, states, mask, pooled, guidance, step_cache=cache)
+        with pytest.raises(RuntimeError, match="outside the generation"):
+            cache.start_step(3)
+    with pytest.raises(ValueError, match="at least one step"):
+        cache.begin(0)
 
 
 # ---- sequence and CFG parallelism: every rank takes the single-process decision --------------------------

@@ -112,9 +112,10 @@ def test_cache_flag_records_what_it_skipped(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from hyvideo.pipeline.components import tiny_random_pipeline
+    from hyvideo.pipeline.options import LoadOptions
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
 
-    return tiny_random_pipeline()
+    return load_pipeline(LoadOptions(model="tiny-random"), RuntimeOptions(device=torch.device("cpu")))
 
 
 def test_same_seed_same_latents_different_seed_differs(tiny):

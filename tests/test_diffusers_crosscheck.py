@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_from_diffusers, dit_to_diffusers
+from hyvideo.checkpoints.keys import dit_from_diffusers, dit_to_diffusers
+from hyvideo.dit.config import dit_config_to_diffusers
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
 diffusers = pytest.importorskip("diffusers")

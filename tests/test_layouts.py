@@ -19,12 +19,11 @@ from safetensors.torch import load_file, save_file
 import sample_video
 from hyvideo.conformance.core import Case, worst_ratio
 from hyvideo.conformance.dit_kinds import dit_config
-from hyvideo.checkpoints.keys import dit_config_to_diffusers, dit_to_diffusers, official_dit_state
+from hyvideo.checkpoints.keys import dit_to_diffusers, official_dit_state
+from hyvideo.dit.config import dit_config_to_diffusers
 from hyvideo.dit.loader import load_dit
-from hyvideo.pipeline.layouts import (
-    DIFFUSERS,
-    OFFICIAL,
-    detect_layout,
+from hyvideo.checkpoints.layouts import DIFFUSERS, OFFICIAL, detect_layout
+from hyvideo.pipeline.diffusers_layout import (
     load_diffusers_transformer,
     load_diffusers_vae,
     read_diffusers_transformer,
@@ -210,15 +209,18 @@ def write_diffusers_layout(root: Path, pipe) -> Path:
 
 
 def test_pipeline_from_diffusers_layout_equals_the_in_memory_one(tmp_path):
-    from hyvideo.pipeline.components import PipelineOptions, load_pipeline, tiny_random_pipeline
+    from hyvideo.checkpoints.layouts import CheckpointPaths
+    from hyvideo.pipeline.options import LoadOptions, Precisions
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
 
-    reference = tiny_random_pipeline(PipelineOptions(model="tiny-random", device="cpu"))
+    cpu = RuntimeOptions(device=torch.device("cpu"))
+    reference = load_pipeline(LoadOptions(model="tiny-random"), cpu)
     base = write_diffusers_layout(tmp_path / "HunyuanVideo", reference)
     keys = load_file(str(next((base / "text_encoder").glob("*.safetensors"))))
     assert not any(k.startswith("model.") for k in keys)  # a bare LlamaModel save
-    opts = PipelineOptions(model="HYVideo-T/2-cfgdistill", model_base=base, device="cpu", precision="fp32",
-                           vae_precision="fp32", text_encoder_precision="fp32", text_encoder_precision_2="fp32")
-    pipe = load_pipeline(opts)
+    opts = LoadOptions(model="HYVideo-T/2-cfgdistill", paths=CheckpointPaths(model_base=base),
+                       precisions=Precisions("fp32", "fp32", "fp32", "fp32"))
+    pipe = load_pipeline(opts, cpu)
     request = reference.request("a cat", seed=3, height=32, width=32, video_length=5, infer_steps=2)
     a = reference(request, decode=True, show_progress=False)
     b = pipe(request, decode=True, show_progress=False)

@@ -10,16 +10,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from hyvideo.runtime.offload import (
-    MODES,
-    BlockSwap,
-    BlockSwapOffload,
-    OffloadConfig,
-    SequentialOffload,
-    SyncCopies,
-    offload_components,
-    transformer_blocks,
-)
+from hyvideo.apps.cli import offload_config
+from hyvideo.runtime.offload import MODES, OffloadConfig, offload_components
+from hyvideo.runtime.offload.modes import SequentialOffload
+from hyvideo.runtime.offload.block_swap import BlockSwap, BlockSwapOffload, SyncCopies, transformer_blocks
+from hyvideo.pipeline.execution import Execution
+from hyvideo.runtime.build import OffloadExecution
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
 CPU = torch.device("cpu")
@@ -84,13 +80,13 @@ def test_bad_config_is_a_clear_error(kwargs, message):
 
 
 def test_use_cpu_offload_is_model_and_conflicts_are_errors():
-    assert OffloadConfig.from_flags(None).mode == "none"
-    assert OffloadConfig.from_flags(None, use_cpu_offload=True).mode == "model"
-    assert OffloadConfig.from_flags("model", use_cpu_offload=True).mode == "model"
-    assert OffloadConfig.from_flags("blocks", blocks_on_device=3) == OffloadConfig("blocks", 3)
+    assert offload_config(None).mode == "none"
+    assert offload_config(None, use_cpu_offload=True).mode == "model"
+    assert offload_config("model", use_cpu_offload=True).mode == "model"
+    assert offload_config("blocks", blocks_on_device=3) == OffloadConfig("blocks", 3)
     with pytest.raises(ValueError, match="conflicts with --offload blocks"):
-        OffloadConfig.from_flags("blocks", use_cpu_offload=True)
-    assert "--use-cpu-offload" in OffloadConfig.from_flags(None, use_cpu_offload=True).describe()
+        offload_config("blocks", use_cpu_offload=True)
+    assert "--use-cpu-offload" in offload_config(None, use_cpu_offload=True).describe()
     assert OffloadConfig("blocks").load_device("meta") == CPU
     assert OffloadConfig("none").load_device("meta") == torch.device("meta")
     descriptions = {OffloadConfig(m).describe() for m in MODES}
@@ -290,9 +286,10 @@ def test_sequential_counts_one_module_at_a_time(dit_and_reference):
 
 @pytest.fixture(scope="module")
 def tiny_pipeline():
-    from hyvideo.pipeline.components import tiny_random_pipeline
+    from hyvideo.pipeline.options import LoadOptions
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
 
-    pipe = tiny_random_pipeline()
+    pipe = load_pipeline(LoadOptions(model="tiny-random"), RuntimeOptions(device=torch.device("cpu")))
     request = pipe.request("a red fox in the snow", height=32, width=48, video_length=5, infer_steps=2)
     return pipe, request
 
@@ -302,12 +299,12 @@ def test_pipeline_modes_are_bit_identical(tiny_pipeline):
     parts = {"text_encoders": pipe.text_encoders, "dit": pipe.dit, "vae": pipe.vae}
     reference = pipe(request, show_progress=False)
     for config in (OffloadConfig("model"), OffloadConfig("sequential"), OffloadConfig("blocks", 2)):
-        pipe.offload = offload_components(parts, CPU, config)
+        pipe.execution = OffloadExecution(offload_components(parts, CPU, config))
         try:
             result = pipe(request, show_progress=False)
         finally:
-            pipe.offload.close()
-            pipe.offload = None
+            pipe.execution.close()
+            pipe.execution = Execution()
         assert torch.equal(result.latents, reference.latents), config.mode
         assert torch.equal(result.videos, reference.videos), config.mode
 

@@ -233,7 +233,7 @@ def test_batch_slicing_matches_batched():
     with torch.inference_mode():
         mean, z = vae.encode(x).mean, torch.randn(3, 16, 2, 1, 1)
         out = vae.decode(z)
-        vae.enable_slicing()
+        vae.use_slicing = True
         torch.testing.assert_close(vae.encode(x).mean, mean, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(vae.decode(z), out, rtol=1e-5, atol=1e-5)
         sliced = vae.decode(z)

@@ -172,7 +172,8 @@ def lora_specs(args: argparse.Namespace) -> tuple:
 
 def load_options(args: argparse.Namespace):
     """The model flags as :class:`~hyvideo.pipeline.components.LoadOptions` (checked)."""
-    from hyvideo.pipeline.components import CheckpointPaths, LoadOptions, Precisions, TextSettings
+    from hyvideo.checkpoints.layouts import CheckpointPaths
+    from hyvideo.pipeline.options import LoadOptions, Precisions, TextSettings
 
     check_fixed_flags(args)
     paths = CheckpointPaths(args.model_base, args.model_resolution, args.dit_weight, args.vae_path,
@@ -188,20 +189,27 @@ def runtime_options(args: argparse.Namespace):
     """The speed and memory flags as :class:`~hyvideo.runtime.build.RuntimeOptions` (checked)."""
     from hyvideo.runtime.build import CompileConfig, Fp8MatmulConfig, RuntimeOptions
     from hyvideo.runtime.cache import CacheConfig
-    from hyvideo.runtime.offload.config import OffloadConfig
 
-    if args.use_cpu_offload and args.offload not in (None, "model"):
-        raise ValueError(f"--use-cpu-offload means --offload model; it conflicts with --offload "
-                         f"{args.offload}: give only one of them")
-    if args.use_cpu_offload:
-        log.info("--use-cpu-offload is --offload model")
-    offload = OffloadConfig("model" if args.use_cpu_offload else (args.offload or "none"), args.blocks_on_device)
+    offload = offload_config(args.offload, use_cpu_offload=args.use_cpu_offload,
+                             blocks_on_device=args.blocks_on_device)
     return RuntimeOptions(
         device=check_device(args.device) if args.device else None, offload=offload,
         cache=CacheConfig(args.cache, args.cache_threshold),
         compile=CompileConfig(args.compile_mode) if args.compile else None,
         fp8_matmul=Fp8MatmulConfig(args.fp8_activation_scale) if args.fp8_matmul else None,
     )
+
+
+def offload_config(offload: str | None = None, *, use_cpu_offload: bool = False, blocks_on_device: int = 2):
+    """``--offload MODE`` and the official ``--use-cpu-offload`` (an alias of ``model``)."""
+    from hyvideo.runtime.offload.config import OffloadConfig
+
+    if use_cpu_offload and offload not in (None, "model"):
+        raise ValueError(f"--use-cpu-offload means --offload model; it conflicts with --offload "
+                         f"{offload}: give only one of them")
+    if use_cpu_offload:
+        log.info("--use-cpu-offload is --offload model")
+    return OffloadConfig("model" if use_cpu_offload else (offload or "none"), blocks_on_device)
 
 
 def check_device(text: str):

@@ -11,12 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from hyvideo.dit.config import DiTConfig
 
 _R = "context_embedder.token_refiner.refiner_blocks.{0}."
 _D = "transformer_blocks.{0}."
@@ -159,40 +155,6 @@ DIFFUSERS_DIT_DEFAULTS: dict[str, object] = {
     "text_embed_dim": 4096, "pooled_projection_dim": 768, "rope_theta": 256.0,
     "rope_axes_dim": (16, 56, 56), "image_condition_type": None,
 }
-
-
-def dit_config_from_diffusers(config: Mapping[str, object]) -> DiTConfig:
-    """``transformer/config.json`` of the diffusers layout -> our :class:`DiTConfig`.
-
-    Raises ``ValueError`` for what the text-to-video DiT cannot be (an image-conditioned model,
-    a qk-norm other than RMS).
-    """
-    from hyvideo.dit.config import DiTConfig
-
-    c = {**DIFFUSERS_DIT_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-    if c["image_condition_type"] is not None:
-        raise ValueError(f"image_condition_type {c['image_condition_type']!r}: this is an image-to-video "
-                         "transformer; only the text-to-video HunyuanVideo DiT is supported")
-    if c["qk_norm"] != "rms_norm":
-        raise ValueError(f"qk_norm {c['qk_norm']!r} is not supported (HunyuanVideo uses rms_norm)")
-    values = {ours: c[theirs] for theirs, ours in DIT_CONFIG_NAMES.items()}
-    values["rope_dim_list"] = tuple(values["rope_dim_list"])
-    return DiTConfig(
-        hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
-        patch_size=(int(c["patch_size_t"]), int(c["patch_size"]), int(c["patch_size"])),
-        qk_norm=True, qk_norm_type="rms", **values,
-    )
-
-
-def dit_config_to_diffusers(config: DiTConfig) -> dict[str, object]:
-    """Our :class:`DiTConfig` -> ``HunyuanVideoTransformer3DModel`` keyword arguments."""
-    if config.patch_size[1] != config.patch_size[2]:
-        raise ValueError(f"diffusers needs a square spatial patch, got {config.patch_size}")
-    out: dict[str, object] = {theirs: getattr(config, ours) for theirs, ours in DIT_CONFIG_NAMES.items()}
-    out["rope_axes_dim"] = tuple(config.rope_dim_list)
-    out.update(attention_head_dim=config.head_dim, patch_size=config.patch_size[1],
-               patch_size_t=config.patch_size[0], qk_norm="rms_norm")
-    return out
 
 
 # --- single-file checkpoints ---------------------------------------------------------------------

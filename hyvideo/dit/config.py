@@ -4,8 +4,11 @@ same words here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from hyvideo.checkpoints.keys import DIFFUSERS_DIT_DEFAULTS, DIT_CONFIG_NAMES
 
 
 def config_from_dict(cls, data: dict[str, Any]):
@@ -67,3 +70,35 @@ class DiTConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiTConfig:
         return config_from_dict(cls, data)
+
+
+def dit_config_from_diffusers(config: Mapping[str, object]) -> DiTConfig:
+    """``transformer/config.json`` of the diffusers layout -> our :class:`DiTConfig`.
+
+    Raises ``ValueError`` for what the text-to-video DiT cannot be (an image-conditioned model,
+    a qk-norm other than RMS).
+    """
+    c = {**DIFFUSERS_DIT_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    if c["image_condition_type"] is not None:
+        raise ValueError(f"image_condition_type {c['image_condition_type']!r}: this is an image-to-video "
+                         "transformer; only the text-to-video HunyuanVideo DiT is supported")
+    if c["qk_norm"] != "rms_norm":
+        raise ValueError(f"qk_norm {c['qk_norm']!r} is not supported (HunyuanVideo uses rms_norm)")
+    values = {ours: c[theirs] for theirs, ours in DIT_CONFIG_NAMES.items()}
+    values["rope_dim_list"] = tuple(values["rope_dim_list"])
+    return DiTConfig(
+        hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
+        patch_size=(int(c["patch_size_t"]), int(c["patch_size"]), int(c["patch_size"])),
+        qk_norm=True, qk_norm_type="rms", **values,
+    )
+
+
+def dit_config_to_diffusers(config: DiTConfig) -> dict[str, object]:
+    """Our :class:`DiTConfig` -> ``HunyuanVideoTransformer3DModel`` keyword arguments."""
+    if config.patch_size[1] != config.patch_size[2]:
+        raise ValueError(f"diffusers needs a square spatial patch, got {config.patch_size}")
+    out: dict[str, object] = {theirs: getattr(config, ours) for theirs, ours in DIT_CONFIG_NAMES.items()}
+    out["rope_axes_dim"] = tuple(config.rope_dim_list)
+    out.update(attention_head_dim=config.head_dim, patch_size=config.patch_size[1],
+               patch_size_t=config.patch_size[0], qk_norm="rms_norm")
+    return out

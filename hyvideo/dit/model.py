@@ -120,34 +120,13 @@ class HYVideoDiffusionTransformer(nn.Module):
         Returns:
             [B, out_channels, T, H, W]
         """
-        c = self.config
         grid = self.token_grid(tuple(x.shape[2:]))
         rope = rope if rope is not None else self.rope(tuple(x.shape[2:]), device=x.device)
-        dtype = self.dtype
-
-        vec = self.time_in(t) + self.vector_in(text_states_2.to(dtype))  # [B, C]
-        if self.guidance_in is not None:
-            if guidance is None:
-                raise ValueError("this model embeds guidance: pass guidance (embedded_cfg_scale*1000)")
-            vec = vec + self.guidance_in(guidance)
-        img = self.img_in(x.to(dtype))  # [B, N, C]
+        vec = self.conditioning_vector(t, text_states_2, guidance)  # [B, C]
+        img = self.img_in(x.to(self.dtype))  # [B, N, C]
         if token_split is not None:  # this rank's chunk: [B, N/P, C] and its RoPE rows
             img, rope = token_split.scatter(img, rope)
-        if c.text_projection == "single_refiner":
-            refiner_mask = text_mask if c.use_attention_mask else None
-            txt = self.txt_in(text_states.to(dtype), t, refiner_mask, self.attention_backend)
-        else:
-            txt = self.txt_in(text_states.to(dtype))
-        mask = text_mask if c.use_attention_mask else None
-        if mask is not None:
-            # Padding tokens form their own attention group in every block and the final layer
-            # reads image tokens only, so padding past the longest prompt cannot change the
-            # output: drop it. With one prompt length per batch no mask is left at all.
-            longest = int(mask.sum(dim=1).max())
-            if longest < txt.shape[1]:  # a fresh tensor with standard strides, even for batch 1
-                # (compiled blocks guard on strides; a size-1 batch slice keeps the old ones)
-                txt = txt[:, :longest].clone(memory_format=torch.contiguous_format)
-                mask = mask[:, :longest]
+        txt, mask = self.text_tokens(text_states, text_mask, t)  # [B, L', C], [B, L'] or None
         groups = AttentionGroups.from_text_mask(img.shape[1], mask, txt.shape[1])
         inputs = BlockInputs(vec, rope, groups, self.attention_backend)
         if token_split is not None:
@@ -161,6 +140,37 @@ class HYVideoDiffusionTransformer(nn.Module):
         if token_split is not None:
             out = token_split.gather(out)  # the one gather per forward
         return self.unpatchify(out, grid)
+
+    def conditioning_vector(self, t: torch.Tensor, text_states_2: torch.Tensor,
+                            guidance: torch.Tensor | None) -> torch.Tensor:
+        """vec [B, C] = time_in(t) + vector_in(pooled CLIP) [+ guidance_in(guidance)]."""
+        vec = self.time_in(t) + self.vector_in(text_states_2.to(self.dtype))
+        if self.guidance_in is not None:
+            if guidance is None:
+                raise ValueError("this model embeds guidance: pass guidance (embedded_cfg_scale*1000)")
+            vec = vec + self.guidance_in(guidance)
+        return vec
+
+    def text_tokens(self, text_states: torch.Tensor, text_mask: torch.Tensor | None,
+                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LLM states [B, L, Dt] -> text tokens [B, L', C] and their mask, padding past the
+        longest prompt dropped."""
+        c = self.config
+        mask = text_mask if c.use_attention_mask else None
+        if c.text_projection == "single_refiner":
+            txt = self.txt_in(text_states.to(self.dtype), t, mask, self.attention_backend)
+        else:
+            txt = self.txt_in(text_states.to(self.dtype))
+        if mask is not None:
+            # Padding tokens form their own attention group in every block and the final layer
+            # reads image tokens only, so padding past the longest prompt cannot change the
+            # output: drop it. With one prompt length per batch no mask is left at all.
+            longest = int(mask.sum(dim=1).max())
+            if longest < txt.shape[1]:  # a fresh tensor with standard strides, even for batch 1
+                # (compiled blocks guard on strides; a size-1 batch slice keeps the old ones)
+                txt = txt[:, :longest].clone(memory_format=torch.contiguous_format)
+                mask = mask[:, :longest]
+        return txt, mask
 
     def run_double_block(self, index: int, img: torch.Tensor, txt: torch.Tensor,
                          inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor]:

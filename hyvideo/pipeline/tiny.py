@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from hyvideo.checkpoints.reading import CheckpointError
-from hyvideo.pipeline.components import TINY, Components
+from hyvideo.pipeline.options import TINY
+from hyvideo.pipeline.types import Components
 from hyvideo.pipeline.variants import variant_spec
 
 log = logging.getLogger(__name__)

@@ -172,3 +172,12 @@ class GenerationResult:
     seeds: list[int]
     request: GenerationRequest
     extra: dict = field(default_factory=dict)  # e.g. the step cache's skipped steps
+
+
+@dataclass
+class Components:
+    """The loaded models of one pipeline."""
+
+    dit: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoders: Any | None  # None on processes that do not encode text

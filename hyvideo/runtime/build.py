@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from hyvideo import compat
-from hyvideo.pipeline.components import LoadOptions, load_components
+from hyvideo.pipeline.components import load_components
+from hyvideo.pipeline.options import LoadOptions
 from hyvideo.pipeline.execution import Execution
 from hyvideo.pipeline.t2v import HunyuanVideoPipeline
 from hyvideo.pipeline.types import UsageError
@@ -134,7 +135,7 @@ def make_execution(parts, device: torch.device, offload: OffloadConfig, parallel
     """How the stages run: offloading between them and, under torchrun, parallelism."""
     wrapper = None
     if offload.mode != "none":
-        from hyvideo.runtime.offload.config import offload_components
+        from hyvideo.runtime.offload.wrap import offload_components
 
         log.info(offload.describe())
         components = {"dit": parts.dit, "vae": parts.vae}

@@ -109,7 +109,7 @@ class AutoencoderKLCausal3D(nn.Module):
         self.quant_conv = nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, 1)
         self.post_quant_conv = nn.Conv3d(config.latent_channels, config.latent_channels, 1)
         self.tiling: TilingConfig | None = None
-        self.use_slicing = False
+        self.use_slicing = False  # True: encode/decode one batch item at a time (less memory, same result)
 
     # ---- geometry (the VAE owns it) ----------------------------------------------------------
     @property
@@ -155,13 +155,6 @@ class AutoencoderKLCausal3D(nn.Module):
 
     def disable_tiling(self) -> None:
         self.tiling = None
-
-    def enable_slicing(self) -> None:
-        """Encode/decode one batch item at a time (less memory, same result)."""
-        self.use_slicing = True
-
-    def disable_slicing(self) -> None:
-        self.use_slicing = False
 
     def _resolve(self, tiling: TilingConfig | bool | None) -> TilingConfig | None:
         if tiling is None:

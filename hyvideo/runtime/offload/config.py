@@ -86,16 +86,6 @@ class OffloadConfig:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"blocks on device must be an integer >= 1 (2-4 is typical), got {k!r}")
 
-    @classmethod
-    def from_flags(cls, offload: str | None = None, *, use_cpu_offload: bool = False,
-                   blocks_on_device: int = 2, pin_memory: bool = True) -> OffloadConfig:
-        """``--offload MODE`` and the official ``--use-cpu-offload`` (an alias of ``model``)."""
-        if use_cpu_offload and offload not in (None, "model"):
-            raise ValueError(f"--use-cpu-offload means --offload model; it conflicts with "
-                             f"--offload {offload}: give only one of them")
-        mode = "model" if use_cpu_offload else (offload or "none")
-        return cls(mode, blocks_on_device, pin_memory)
-
     def load_device(self, device: torch.device | str) -> torch.device:
         """Where the components should be loaded: the device for ``none``, else the CPU."""
         return torch.device(device) if self.mode == "none" else _CPU
@@ -104,7 +94,7 @@ class OffloadConfig:
         """One line saying what the mode does."""
         return {
             "none": "offload none: every component stays on the device",
-            "model": "offload model (= --use-cpu-offload): components live in CPU memory; the text "
+            "model": "offload model (the official --use-cpu-offload): components live in CPU memory; the text "
                      "encoders, the DiT and the VAE each move whole to the device for their stage",
             "sequential": "offload sequential: weights live in CPU memory and each layer's weights "
                           "are copied to the device just before it runs (lowest memory, slowest)",
@@ -122,21 +112,3 @@ class Offload(Protocol):
     def describe(self) -> str: ...
 
     def close(self) -> None: ...
-
-
-def offload_components(components: dict[str, object], device: torch.device | str,
-                       config: OffloadConfig) -> Offload:
-    """Wrap ``components`` (``{"text_encoders": ..., "dit": ..., "vae": ...}``) for ``config.mode``."""
-    from hyvideo.runtime.offload.modes import ModelOffload, NoOffload, SequentialOffload
-
-    device = torch.device(device)
-    if config.mode == "none":
-        return NoOffload(components, device)
-    if config.mode == "model":
-        return ModelOffload(components, device)
-    if config.mode == "sequential":
-        return SequentialOffload(components, device, pin_memory=config.pin_memory)
-    from hyvideo.runtime.offload.block_swap import BlockSwapOffload  # imported only when used
-
-    return BlockSwapOffload(components, device, config.blocks_on_device, pin_memory=config.pin_memory)
-

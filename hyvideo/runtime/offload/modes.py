@@ -11,6 +11,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from hyvideo.runtime.offload.config import OffloadConfig
+
 _CPU = torch.device("cpu")
 
 

@@ -1,4 +1,4 @@
-"""Checkpoint layouts: the official ``ckpts/`` tree, or the diffusers folder of the same model.
+"""Loading the diffusers layout of the model (see :mod:`hyvideo.checkpoints.layouts` for the paths).
 
 The diffusers layout (``hunyuanvideo-community/HunyuanVideo``) holds the same weights under other
 names, one sub-folder per component:
@@ -9,93 +9,29 @@ names, one sub-folder per component:
   config.json translated to :class:`~hyvideo.vae.VAEConfig`.
 * ``text_encoder/`` + ``tokenizer/``: a ``LlamaModel`` save (keys without ``model.``).
 * ``text_encoder_2/`` + ``tokenizer_2/``: a ``CLIPTextModel`` save (``text_model.*`` keys).
-
-:func:`detect_layout` tells the two apart from markers only the respective layout has.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hyvideo.dit.config import DiTConfig
+from hyvideo.checkpoints.keys import dit_from_diffusers
+from hyvideo.checkpoints.layouts import VAE_CLASS, DiffusersPaths, diffusers_paths, shard_files
+from hyvideo.checkpoints.reading import CheckpointError, read_checkpoint, read_json
+from hyvideo.dit.config import DiTConfig, dit_config_from_diffusers
 from hyvideo.pipeline.variants import dtype_of
-from hyvideo.checkpoints.keys import dit_config_from_diffusers, dit_from_diffusers, official_dit_state
-from hyvideo.checkpoints.reading import CheckpointError, read_checkpoint, read_json, safetensors_files
 
 if TYPE_CHECKING:
-    from hyvideo.pipeline.components import CheckpointPaths, LoadOptions
+    from hyvideo.pipeline.options import LoadOptions
     from hyvideo.dit.model import HYVideoDiffusionTransformer
     from hyvideo.text import TextEncoders
     from hyvideo.vae import AutoencoderKLCausal3D, VAEConfig
 
 log = logging.getLogger(__name__)
-
-OFFICIAL, DIFFUSERS = "official", "diffusers"
-DIFFUSERS_FOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
-VAE_CLASS = "AutoencoderKLHunyuanVideo"
-
-
-def official_model_folder(resolution: str) -> str:
-    return f"hunyuan-video-t2v-{resolution}"
-
-
-def detect_layout(base: str | Path, resolution: str = "720p") -> str:
-    """``"official"`` or ``"diffusers"`` for the checkpoint root ``base``.
-
-    diffusers: a ``transformer/`` folder or ``model_index.json``; official: the
-    ``hunyuan-video-t2v-<resolution>/`` folder. A missing ``base`` counts as official (its loader
-    reports the missing download); an existing folder with neither marker is a CheckpointError
-    naming what each layout would need.
-    """
-    base = Path(base)
-    if (base / "transformer").is_dir() or (base / "model_index.json").is_file():
-        return DIFFUSERS
-    if (base / official_model_folder(resolution)).is_dir() or not base.is_dir():
-        return OFFICIAL
-    raise CheckpointError(
-        f"{base} is neither the official layout (no {official_model_folder(resolution)}/ folder) nor "
-        f"the diffusers layout (no transformer/ folder or model_index.json); see ckpts/README.md"
-    )
-
-
-@dataclass(frozen=True)
-class DiffusersPaths:
-    transformer: Path  # the transformer/ folder, or a single DiT file (--dit-weight)
-    vae: Path
-    text_encoder: Path
-    text_encoder_2: Path
-    tokenizer: Path
-    tokenizer_2: Path
-
-
-def diffusers_paths(opts: CheckpointPaths) -> DiffusersPaths:
-    """Every component folder of a diffusers-layout ``model_base`` (overrides win), checked."""
-    base = Path(opts.model_base)
-    given = {"transformer": opts.dit_weight, "vae": opts.vae_path,
-             "text_encoder": opts.text_encoder_path, "text_encoder_2": opts.text_encoder_2_path}
-    paths = {name: Path(given.get(name) or base / name) for name in DIFFUSERS_FOLDERS}
-    # An overridden text encoder folder that carries its own tokenizer files uses them.
-    for model, tok, marker in (("text_encoder", "tokenizer", "tokenizer.json"),
-                               ("text_encoder_2", "tokenizer_2", "vocab.json")):
-        if given[model] and (Path(given[model]) / marker).is_file():
-            paths[tok] = Path(given[model])
-    missing = [f"{name}/" for name, path in paths.items() if not path.exists()]
-    if missing:
-        raise CheckpointError(f"diffusers layout at {base}: missing {', '.join(missing)} "
-                              "(download every folder of hunyuanvideo-community/HunyuanVideo)")
-    return DiffusersPaths(**paths)
-
-
-def shard_files(folder: Path, weights_name: str = TRANSFORMER_WEIGHTS) -> list[Path]:
-    """The weight files of a diffusers model folder: the index's shards, else the single file."""
-    return safetensors_files(folder, weights_name)
-
 
 def read_diffusers_transformer(folder: str | Path) -> tuple[DiTConfig, dict[str, torch.Tensor]]:
     """``transformer/`` -> (our DiTConfig, the state dict under official key names)."""
@@ -218,18 +154,3 @@ def _differs(folder: Path, expected: DiTConfig) -> bool:
         return dit_config_from_diffusers(read_json(folder / "config.json")) != expected
     except ValueError:
         return True  # the load reports it
-
-
-__all__ = [
-    "DIFFUSERS",
-    "OFFICIAL",
-    "DiffusersPaths",
-    "detect_layout",
-    "diffusers_paths",
-    "load_diffusers_components",
-    "load_diffusers_transformer",
-    "load_diffusers_vae",
-    "official_dit_state",
-    "read_diffusers_transformer",
-    "vae_config_from_diffusers",
-]

@@ -1,0 +1,138 @@
+"""Checkpoint layouts on disk: the official ``ckpts/`` tree, or the diffusers folder of the same model.
+
+The official layout (one root, ``model_base``, derives every path; each can be overridden):
+``hunyuan-video-t2v-<resolution>/transformers/mp_rank_00_model_states[_fp8].pt``,
+``hunyuan-video-t2v-<resolution>/vae/``, ``text_encoder/`` and ``text_encoder_2/``.
+
+The diffusers layout (``hunyuanvideo-community/HunyuanVideo``) holds the same weights under other
+names, one sub-folder per component: ``transformer/`` (``HunyuanVideoTransformer3DModel``
+config.json + ``diffusion_pytorch_model*.safetensors``, sharded with an index or not), ``vae/``,
+``text_encoder/`` + ``tokenizer/`` (a ``LlamaModel`` save), ``text_encoder_2/`` + ``tokenizer_2/``
+(a ``CLIPTextModel`` save). :func:`detect_layout` tells the two apart from markers only the
+respective layout has. Nothing here loads a model: these are paths, checked to exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyvideo.checkpoints.reading import CheckpointError, safetensors_files
+
+DOWNLOAD_HINT = ("download the official files as ckpts/README.md explains "
+                 "(python scripts/download_weights.py), or run the offline demo with --model tiny-random")
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """Where the weights are (the official flag names)."""
+
+    model_base: Path = Path("ckpts")
+    model_resolution: str = "720p"  # the official folder hunyuan-video-t2v-<resolution>
+    dit_weight: Path | None = None
+    vae_path: Path | None = None
+    text_encoder_path: Path | None = None
+    text_encoder_2_path: Path | None = None
+    load_key: str = "module"
+    use_fp8: bool = False
+
+    @property
+    def overrides(self) -> dict[str, Path | None]:
+        return {"dit_weight": self.dit_weight, "vae_path": self.vae_path,
+                "text_encoder_path": self.text_encoder_path, "text_encoder_2_path": self.text_encoder_2_path}
+
+    @property
+    def all_overridden(self) -> bool:
+        return all(self.overrides.values())
+
+
+OFFICIAL, DIFFUSERS = "official", "diffusers"
+DIFFUSERS_FOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+VAE_CLASS = "AutoencoderKLHunyuanVideo"
+
+
+def official_model_folder(resolution: str) -> str:
+    return f"hunyuan-video-t2v-{resolution}"
+
+
+def detect_layout(base: str | Path, resolution: str = "720p") -> str:
+    """``"official"`` or ``"diffusers"`` for the checkpoint root ``base``.
+
+    diffusers: a ``transformer/`` folder or ``model_index.json``; official: the
+    ``hunyuan-video-t2v-<resolution>/`` folder. A missing ``base`` counts as official (its loader
+    reports the missing download); an existing folder with neither marker is a CheckpointError
+    naming what each layout would need.
+    """
+    base = Path(base)
+    if (base / "transformer").is_dir() or (base / "model_index.json").is_file():
+        return DIFFUSERS
+    if (base / official_model_folder(resolution)).is_dir() or not base.is_dir():
+        return OFFICIAL
+    raise CheckpointError(
+        f"{base} is neither the official layout (no {official_model_folder(resolution)}/ folder) nor "
+        f"the diffusers layout (no transformer/ folder or model_index.json); see ckpts/README.md"
+    )
+
+
+@dataclass(frozen=True)
+class DiffusersPaths:
+    transformer: Path  # the transformer/ folder, or a single DiT file (--dit-weight)
+    vae: Path
+    text_encoder: Path
+    text_encoder_2: Path
+    tokenizer: Path
+    tokenizer_2: Path
+
+
+def diffusers_paths(opts: CheckpointPaths) -> DiffusersPaths:
+    """Every component folder of a diffusers-layout ``model_base`` (overrides win), checked."""
+    base = Path(opts.model_base)
+    given = {"transformer": opts.dit_weight, "vae": opts.vae_path,
+             "text_encoder": opts.text_encoder_path, "text_encoder_2": opts.text_encoder_2_path}
+    paths = {name: Path(given.get(name) or base / name) for name in DIFFUSERS_FOLDERS}
+    # An overridden text encoder folder that carries its own tokenizer files uses them.
+    for model, tok, marker in (("text_encoder", "tokenizer", "tokenizer.json"),
+                               ("text_encoder_2", "tokenizer_2", "vocab.json")):
+        if given[model] and (Path(given[model]) / marker).is_file():
+            paths[tok] = Path(given[model])
+    missing = [f"{name}/" for name, path in paths.items() if not path.exists()]
+    if missing:
+        raise CheckpointError(f"diffusers layout at {base}: missing {', '.join(missing)} "
+                              "(download every folder of hunyuanvideo-community/HunyuanVideo)")
+    return DiffusersPaths(**paths)
+
+
+def shard_files(folder: Path, weights_name: str = TRANSFORMER_WEIGHTS) -> list[Path]:
+    """The weight files of a diffusers model folder: the index's shards, else the single file."""
+    return safetensors_files(folder, weights_name)
+
+
+@dataclass(frozen=True)
+class ComponentPaths:
+    dit: Path
+    vae: Path
+    text_encoder: Path
+    text_encoder_2: Path
+
+
+def component_paths(paths: CheckpointPaths) -> ComponentPaths:
+    """Every official-layout path derived from ``model_base`` (overrides win), checked to exist."""
+    base = Path(paths.model_base)
+    model_dir = base / f"hunyuan-video-t2v-{paths.model_resolution}"
+    name = "mp_rank_00_model_states_fp8.pt" if paths.use_fp8 else "mp_rank_00_model_states.pt"
+    found = ComponentPaths(
+        dit=Path(paths.dit_weight) if paths.dit_weight else model_dir / "transformers" / name,
+        vae=Path(paths.vae_path) if paths.vae_path else model_dir / "vae",
+        text_encoder=Path(paths.text_encoder_path) if paths.text_encoder_path else base / "text_encoder",
+        text_encoder_2=(Path(paths.text_encoder_2_path) if paths.text_encoder_2_path
+                        else base / "text_encoder_2"),
+    )
+    if not base.is_dir() and not paths.all_overridden:
+        raise CheckpointError(f"model folder {base} not found: {DOWNLOAD_HINT}")
+    for what, path in vars(found).items():
+        if not path.exists():
+            extra = " (--use-fp8 needs the official *_fp8.pt and *_fp8_map.pt files)" if (
+                what == "dit" and paths.use_fp8) else ""
+            raise CheckpointError(f"missing {what.replace('_', ' ')} at {path}{extra}: {DOWNLOAD_HINT}")
+    return found

@@ -1,0 +1,75 @@
+"""How to load a model: the load options grouped by concern.
+
+:class:`LoadOptions` says which model and where its weights are
+(:class:`~hyvideo.checkpoints.layouts.CheckpointPaths`), in which precision (:class:`Precisions`),
+how text is encoded (:class:`TextSettings`), which LoRAs to merge and which attention kernel the
+DiT uses. Each checks its values when it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hyvideo.checkpoints.layouts import CheckpointPaths
+from hyvideo.pipeline.types import UsageError, check_int
+from hyvideo.pipeline.variants import ModelVariant, dtype_of, load_variant
+
+TINY = "tiny-random"
+
+
+@dataclass(frozen=True)
+class Precisions:
+    """Precision per component (the official flag names)."""
+
+    precision: str = "bf16"  # the DiT
+    vae_precision: str = "fp16"
+    text_encoder_precision: str = "fp16"
+    text_encoder_precision_2: str = "fp16"
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            try:
+                dtype_of(value)
+            except ValueError as exc:
+                raise UsageError(f"{name.replace('_', ' ')}: {exc}", name) from None
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """How the text encoders read a prompt (the reference's CLI defaults)."""
+
+    text_len: int = 256
+    hidden_state_skip_layer: int = 2
+    apply_final_norm: bool = False
+    text_len_2: int = 77
+
+    def __post_init__(self) -> None:
+        check_int("text_len", self.text_len, 1, 4096)
+        check_int("hidden_state_skip_layer", self.hidden_state_skip_layer, 0, 1000)
+        check_int("text_len_2", self.text_len_2, 3, 77)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Which model, from where, in which precision, with which LoRAs."""
+
+    model: str = "HYVideo-T/2-cfgdistill"
+    paths: CheckpointPaths = field(default_factory=CheckpointPaths)
+    precisions: Precisions = field(default_factory=Precisions)
+    text: TextSettings = field(default_factory=TextSettings)
+    loras: tuple = ()  # hyvideo.dit.lora.LoraSpec each
+    lora_fuse: bool = True  # merge into the weights; False: switchable side branches
+    attention: str = "auto"
+    vae_tiling: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model == TINY:  # random weights built in memory: no file is read
+            given = [name for name, value in self.paths.overrides.items() if value is not None]
+            given += ["use_fp8"] if self.paths.use_fp8 else []
+            if given:
+                raise UsageError(f"{given[0].replace('_', ' ')} cannot be used with model {TINY}, which "
+                                 "builds random weights in memory; drop it or choose a released model", given[0])
+
+    @property
+    def variant(self) -> ModelVariant:
+        return load_variant(self.model)
