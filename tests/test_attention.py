@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyvideo.dit.attention import (AttentionGroups, attention, check_backend, flash_available, group_block_mask,
-                                   group_mask, resolve_backend, sage_available)
+from hyvideo.dit.attention import (
+    AttentionGroups,
+    attention,
+    check_backend,
+    flash3_available,
+    flash_available,
+    group_block_mask,
+    group_mask,
+    resolve_backend,
+    sage_available,
+)
 from hyvideo.dit.model import HYVideoDiffusionTransformer
 from tests.dit_utils import random_dit, random_inputs, tiny_config
 
@@ -22,7 +31,7 @@ def _explicit(q, k, v, first_lens):
     out = torch.zeros_like(q)
     for i in range(b):
         for j in range(s):
-            group = range(0, first_lens[i]) if j < first_lens[i] else range(first_lens[i], s)
+            group = range(first_lens[i]) if j < first_lens[i] else range(first_lens[i], s)
             idx = torch.tensor(list(group))
             w = torch.softmax(torch.einsum("hd,khd->hk", q[i, j], k[i, idx]) / d**0.5, dim=-1)
             out[i, j] = torch.einsum("hk,khd->hd", w, v[i, idx])
@@ -123,13 +132,87 @@ def test_flex_block_mask_is_the_group_mask(first_lens, seq_len):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_auto_picks_an_exact_kernel_for_the_device():
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert resolve_backend("auto", cpu, uniform=True) == "sdpa"
-    assert resolve_backend("auto", cpu, uniform=False) == "sdpa"
-    assert resolve_backend("auto", gpu, uniform=True) == "sdpa"
-    assert resolve_backend("auto", gpu, uniform=False) == ("flash" if flash_available() else "flex")
-    assert resolve_backend("flex", cpu, uniform=True) == "flex"  # an explicit choice stays
+# (flash3 installed, flash installed, Hopper, SDPA priorities) -> auto's kernel for
+# (mixed lengths bf16, one group bf16, mixed lengths fp16, mixed lengths fp32, one group fp32)
+AUTO_TABLE = [
+    ((False, False, False, True), ("sdpa", "sdpa", "sdpa", "sdpa", "sdpa")),  # A100, no extras
+    ((False, True, False, True), ("flash", "sdpa", "flash", "sdpa", "sdpa")),  # A100 + flash-attn
+    ((False, False, True, True), ("cudnn", "cudnn", "cudnn", "sdpa", "sdpa")),  # H100, torch >= 2.6
+    ((False, False, True, False), ("sdpa", "sdpa", "sdpa", "sdpa", "sdpa")),  # H100, torch 2.5
+    ((False, True, True, True), ("flash", "cudnn", "flash", "sdpa", "sdpa")),  # H100 + flash-attn 2
+    ((True, True, True, True), ("flash3", "flash3", "flash3", "sdpa", "sdpa")),  # H100 + FA3
+    ((True, True, False, True), ("flash", "sdpa", "flash", "sdpa", "sdpa")),  # FA3 files, not Hopper
+]
+
+
+@pytest.mark.parametrize("have,want", AUTO_TABLE)
+def test_auto_picks_by_device_and_dtype(monkeypatch, have, want):
+    """flash-attn only in fp16/bf16 (it raises for float32); never flex; Hopper: FA3, else cuDNN."""
+    import hyvideo.dit.attention as mod
+
+    fa3, fa2, hopper, priority = have
+    monkeypatch.setattr(mod, "flash3_available", lambda: fa3)
+    monkeypatch.setattr(mod, "flash_available", lambda: fa2)
+    monkeypatch.setattr(mod, "is_hopper", lambda device: hopper and device.type != "cpu")
+    monkeypatch.setattr(mod, "cudnn_priority_available", lambda: priority)
+    gpu = torch.device("cuda", 0)  # only its type is read: no GPU needed
+    got = (resolve_backend("auto", gpu, torch.bfloat16, uniform=False),
+           resolve_backend("auto", gpu, torch.bfloat16, uniform=True),
+           resolve_backend("auto", gpu, torch.float16, uniform=False),
+           resolve_backend("auto", gpu, torch.float32, uniform=False),
+           resolve_backend("auto", gpu, torch.float32, uniform=True))
+    assert got == want
+    cpu = torch.device("cpu")
+    assert {resolve_backend("auto", cpu, dt, uniform=u) for dt in (torch.bfloat16, torch.float32)
+            for u in (True, False)} == {"sdpa"}
+
+
+def test_explicit_backend_stays_and_half_only_kernels_refuse_float32():
+    cpu = torch.device("cpu")
+    assert resolve_backend("flex", cpu, torch.float32, uniform=True) == "flex"
+    for backend in ("flash", "flash3", "sage"):
+        assert resolve_backend(backend, cpu, torch.bfloat16, uniform=False) == backend
+        with pytest.raises(ValueError, match=f"{backend}' computes only in float16/bfloat16"):
+            resolve_backend(backend, cpu, torch.float32, uniform=False)
+
+
+def test_is_hopper_reads_the_capability(monkeypatch):
+    import hyvideo.dit.attention as mod
+
+    class FakeBackend:
+        capability = (9, 0)
+
+        @classmethod
+        def get_device_capability(cls, device):
+            return cls.capability
+
+    monkeypatch.setattr(torch, "fakegpu", FakeBackend, raising=False)
+    monkeypatch.setattr(torch.version, "hip", None)
+    mod.is_hopper.cache_clear()
+    dev = torch.device("cpu")
+    assert not mod.is_hopper(dev)
+
+    class Dev:  # torch.device cannot name an unknown type: the function reads .type only
+        type = "fakegpu"
+
+    assert mod.is_hopper(Dev())
+    mod.is_hopper.cache_clear()
+    FakeBackend.capability = (8, 0)
+    assert not mod.is_hopper(Dev())
+    mod.is_hopper.cache_clear()
+    FakeBackend.capability = (9, 4)
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # MI300 reports gfx 9.4: not Hopper
+    assert not mod.is_hopper(Dev())
+    mod.is_hopper.cache_clear()
+
+
+@pytest.mark.parametrize("first_lens", [(23, 23, 23), (15, 20, 23)])
+def test_cudnn_order_computes_the_same(first_lens):
+    """``cudnn`` is SDPA with a kernel order: on the CPU it must give SDPA's result."""
+    q, k, v = _qkv()
+    groups = AttentionGroups(first_lens, 23)
+    torch.testing.assert_close(attention(q, k, v, groups, backend="cudnn"),
+                               _explicit(q, k, v, first_lens), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(sage_available(), reason="sageattention is installed here")
@@ -142,10 +225,11 @@ GPU = torch.accelerator.is_available()
 
 
 @pytest.mark.skipif(not GPU, reason="needs an accelerator")
-@pytest.mark.parametrize("backend", ["flash", "flex", "sage", "auto"])
+@pytest.mark.parametrize("backend", ["flash", "flash3", "cudnn", "flex", "sage", "auto"])
 @pytest.mark.parametrize("first_lens", [(64, 64), (40, 64)])
 def test_gpu_backends_match_sdpa(backend, first_lens):
-    if backend == "flash" and not flash_available() or backend == "sage" and not sage_available():
+    available = {"flash": flash_available, "flash3": flash3_available, "sage": sage_available}
+    if backend in available and not available[backend]():
         pytest.skip(f"{backend} is not installed")
     device = torch.accelerator.current_accelerator()
     q, k, v = (t.to(device, torch.float16) for t in _qkv(b=2, s=64, h=2, d=64))

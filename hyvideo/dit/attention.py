@@ -12,14 +12,22 @@ there is a single group and no mask at all. Every backend computes exactly the r
   so the fastest fused kernels (flash / cuDNN / memory-efficient) apply. Mixed lengths: SDPA
   on each group, items with the same length batched together -- still no mask, because an
   ``S x S`` mask would force the slower kernels and cost ``O(S^2)`` memory.
-* ``flash``: flash-attn; ``flash_attn_varlen_func`` with the reference's ``cu_seqlens`` for
-  mixed lengths (needs ``flash_attn``).
+* ``cudnn``: ``sdpa`` with the cuDNN kernel first in SDPA's priority list (the fastest SDPA
+  kernel on Hopper; needs ``sdpa_kernel(..., set_priority=True)``, torch >= 2.6).
+* ``flash``: flash-attn 2; ``flash_attn_varlen_func`` with the reference's ``cu_seqlens`` for
+  mixed lengths (needs ``flash_attn``; fp16/bf16 only).
+* ``flash3``: FlashAttention-3 (``flash_attn_interface``, built from flash-attn's ``hopper/``
+  folder; Hopper GPUs, fp16/bf16 only), plain or varlen as ``flash``.
 * ``flex``: ``flex_attention`` with a block mask built from the two groups (full blocks are
   skipped, only the blocks straddling a group boundary are masked); compiled on first use.
 * ``sage``: SageAttention's 8-bit QK kernels (``sageattn`` / ``sageattn_varlen``; needs
-  ``sageattention`` and a CUDA GPU). Approximate by design, so never picked by ``auto``.
-* ``auto``: resolved per call from the device and the groups: one group -> ``sdpa``; mixed
-  lengths on an accelerator -> ``flash`` if installed, else ``flex``; on the CPU -> ``sdpa``.
+  ``sageattention`` and a CUDA GPU; fp16/bf16 only). Approximate by design, so never picked by
+  ``auto``.
+* ``auto``: resolved per call from the device, the dtype and the groups (:func:`resolve_backend`):
+  on the CPU, or in float32 anywhere, ``sdpa`` (flash-attn kernels compute only fp16/bf16). In
+  fp16/bf16 on an accelerator: ``flash3`` on Hopper when installed; else ``flash`` for mixed
+  lengths when installed; else ``cudnn`` on Hopper (torch >= 2.6); else ``sdpa`` (per group).
+  ``flex`` is never picked: it needs compiling and SDPA's fused kernels are usually faster.
 * ``torch``: an explicit masked softmax, for tests only (memory ``O(S^2)``).
 
 A backend that is requested but not installed is an error, never a silent fallback.
@@ -27,8 +35,10 @@ A backend that is requested but not installed is an error, never a silent fallba
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +48,9 @@ import torch.nn.functional as F
 
 from hyvideo import compat
 
-BACKENDS = ("auto", "sdpa", "flash", "flex", "sage", "torch")
+BACKENDS = ("auto", "sdpa", "cudnn", "flash", "flash3", "flex", "sage", "torch")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_ONLY = ("flash", "flash3", "sage")  # kernels that compute only in fp16/bf16
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,10 @@ def flash_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+def flash3_available() -> bool:
+    return importlib.util.find_spec("flash_attn_interface") is not None
+
+
 def sage_available() -> bool:
     return importlib.util.find_spec("sageattention") is not None
 
@@ -90,11 +106,22 @@ def flex_available() -> bool:
     return compat.flex_block_mask_problem() is None
 
 
+@functools.cache
+def cudnn_priority_available() -> bool:
+    """Whether SDPA's kernels can be put in an order (cuDNN first): torch >= 2.6."""
+    from torch.nn.attention import sdpa_kernel
+
+    return "set_priority" in inspect.signature(sdpa_kernel).parameters
+
+
 _INSTALL = {
     "flash": (flash_available, "flash_attn is not installed (pip install flash-attn)"),
+    "flash3": (flash3_available, ("flash_attn_interface is not installed (FlashAttention-3: build "
+                                  "flash-attn's hopper/ folder; Hopper GPUs only)")),
     "sage": (sage_available, "sageattention is not installed (pip install sageattention; CUDA only)"),
     "flex": (flex_available, compat.needs_torch("flex attention block masks",
                                                 compat.FLEX_SEQ_LENGTHS_TORCH)),
+    "cudnn": (cudnn_priority_available, compat.needs_torch("SDPA kernel priorities (cudnn first)", (2, 6))),
 }
 
 
@@ -108,15 +135,47 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def resolve_backend(backend: str, device: torch.device, uniform: bool) -> str:
-    """The concrete kernel ``auto`` stands for, for this device and grouping (see module doc)."""
+@functools.cache
+def is_hopper(device: torch.device) -> bool:
+    """Whether ``device`` is an NVIDIA Hopper GPU (sm_90: H100, H200, GH200).
+
+    The capability comes from the device's own backend module; ROCm reports its gfx version
+    through the same call (MI300 says 9.4), so a HIP build is never Hopper.
+    """
+    if device.type in ("cpu", "meta") or torch.version.hip is not None:
+        return False
+    get_capability = getattr(getattr(torch, device.type, None), "get_device_capability", None)
+    if get_capability is None:
+        return False
+    try:
+        capability = get_capability(device)
+    except (RuntimeError, AssertionError, ValueError):
+        return False
+    return isinstance(capability, tuple) and capability[0] == 9
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, *, uniform: bool) -> str:
+    """The concrete kernel for this device, dtype and grouping (``auto``: see module doc).
+
+    An explicit fp16/bf16-only kernel asked to compute another dtype is an error here, in one
+    line, rather than deep inside its extension.
+    """
+    half = dtype in HALF_DTYPES
     if backend != "auto":
+        if backend in HALF_ONLY and not half:
+            raise ValueError(f"attention backend {backend!r} computes only in float16/bfloat16, "
+                             f"not {dtype}: use --attention sdpa (or auto) with this precision")
         return backend
-    if uniform or device.type == "cpu":
+    if device.type in ("cpu", "meta") or not half:
         return "sdpa"
-    if flash_available():  # flash-attn installs only where its GPU kernels build
+    hopper = is_hopper(device)
+    if hopper and flash3_available():
+        return "flash3"
+    if not uniform and flash_available():
         return "flash"
-    return "flex" if flex_available() else "sdpa"
+    if hopper and cudnn_priority_available():
+        return "cudnn"
+    return "sdpa"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -150,22 +209,39 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     else:
         first_lens = groups.for_batch(b) if groups is not None else (s,)
         uniform = all(f == s for f in first_lens)
-        kernel = resolve_backend(backend, q.device, uniform)
-        if kernel == "torch":
-            out = _reference(q, k, v, first_lens)
-        elif uniform and kernel in ("sdpa", "flex"):  # one group: no mask, fused SDPA kernels
-            out = _sdpa(q, k, v)
-        elif kernel == "sdpa":
-            out = _grouped_sdpa(q, k, v, first_lens)
-        elif kernel == "flash":
-            out = _flash(q, k, v, first_lens, uniform)
-        elif kernel == "flex":
-            out = _flex(q, k, v, first_lens)
-        elif kernel == "sage":
-            out = _sage(q, k, v, first_lens, uniform)
-        else:
-            raise ValueError(f"unknown attention backend {backend!r}")
+        kernel = resolve_backend(backend, q.device, q.dtype, uniform=uniform)
+        out = _grouped(kernel, q, k, v, first_lens, uniform)
     return out.reshape(b, s, h * d)
+
+
+def _grouped(kernel: str, q, k, v, first_lens: tuple[int, ...], uniform: bool) -> torch.Tensor:
+    """Grouped attention with one concrete kernel (see :func:`resolve_backend`)."""
+    if kernel == "torch":
+        return _reference(q, k, v, first_lens)
+    if kernel in ("sdpa", "cudnn") or uniform and kernel == "flex":  # one group: no mask needed
+        with _sdpa_order(kernel):
+            return _grouped_sdpa(q, k, v, first_lens)
+    if kernel == "flash":
+        return _flash(q, k, v, first_lens, uniform)
+    if kernel == "flash3":
+        return _flash3(q, k, v, first_lens, uniform)
+    if kernel == "flex":
+        return _flex(q, k, v, first_lens)
+    if kernel == "sage":
+        return _sage(q, k, v, first_lens, uniform)
+    raise ValueError(f"unknown attention backend {kernel!r}")
+
+
+def _sdpa_order(kernel: str) -> contextlib.AbstractContextManager:
+    """For ``cudnn``: SDPA tries cuDNN first, then its usual order (it still falls back when
+    cuDNN cannot take a shape). For plain ``sdpa``: SDPA's own choice."""
+    if kernel != "cudnn":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+             SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(order, set_priority=True)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -203,6 +279,20 @@ def _flash(q, k, v, first_lens: tuple[int, ...], uniform: bool) -> torch.Tensor:
     out = flash_attn_varlen_func(q.reshape(b * s, h, d), k.reshape(b * s, h, d),
                                  v.reshape(b * s, h, d), cu, cu, max_len, max_len)
     return out.reshape(b, s, h, d)
+
+
+def _flash3(q, k, v, first_lens: tuple[int, ...], uniform: bool) -> torch.Tensor:
+    import flash_attn_interface as fa3
+
+    if uniform:
+        out = fa3.flash_attn_func(q, k, v)
+    else:
+        b, s, h, d = q.shape
+        cu, max_len = _varlen_bounds(first_lens, s, q.device)
+        out = fa3.flash_attn_varlen_func(q.reshape(b * s, h, d), k.reshape(b * s, h, d),
+                                         v.reshape(b * s, h, d), cu, cu, max_len, max_len)
+    out = out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the LSE
+    return out.reshape(q.shape)
 
 
 def _sage(q, k, v, first_lens: tuple[int, ...], uniform: bool) -> torch.Tensor:
