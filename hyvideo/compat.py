@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "MIN_TORCH",
     "accelerator_type",
+    "all_gather",
     "block_mask_from_kv_blocks",
     "current_device",
     "current_stream",
@@ -285,3 +286,20 @@ def block_mask_from_kv_blocks(kv_num: torch.Tensor, kv_idx: torch.Tensor,
 
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
                                     mask_mod=mask_mod, seq_lengths=seq_lengths)
+
+
+# ---- collectives ------------------------------------------------------------------------------
+
+def all_gather(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+    """``torch.distributed.all_gather`` of ``tensor`` into new buffers, one per rank.
+
+    The buffers are made outside inference mode: gloo (torch 2.4 and 2.5 at least) copies the
+    received data into them on its own thread, where inference mode is off and writing into an
+    inference tensor raises. Ordinary tensors are accepted everywhere else.
+    """
+    import torch.distributed as dist
+
+    with torch.inference_mode(False):
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return parts

@@ -195,3 +195,21 @@ def test_flex_switched_off_on_an_old_block_mask(monkeypatch):
                                              mask_mod=None, seq_lengths=(1, 1))
     finally:
         compat.flex_block_mask_problem.cache_clear()
+
+
+def test_all_gather_buffers_are_writable_outside_inference_mode(tmp_path):
+    """gloo writes the gathered data on its own thread, where inference tensors are read-only."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0,
+                            world_size=1)
+    try:
+        with torch.inference_mode():
+            x = torch.arange(6.0).reshape(2, 3)
+            parts = compat.all_gather(x.t())  # a non-contiguous input is fine too
+        assert len(parts) == 1 and not parts[0].is_inference()
+        torch.testing.assert_close(parts[0], x.t())
+    finally:
+        dist.destroy_process_group()
