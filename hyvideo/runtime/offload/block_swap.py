@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import field
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -27,6 +27,7 @@ _CPU = torch.device("cpu")
 _ALIGN = 512  # bytes; every tensor in a packed block buffer starts at a multiple of this
 
 
+@dataclass
 class BlockLayout:
     """One block's tensors packed in one flat CPU buffer: what each entry is and where it lives."""
 
