@@ -48,14 +48,41 @@ class TokenSplit:
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """Unmasked attention on [B, S, H, D] returning (out [B, S, H, D], lse [B, H, S] float32)."""
+    """Unmasked attention on [B, S, H, D] returning (out [B, S, H, D], lse [B, H, S] float32).
+
+    The LSE is cut to the query length: CUDA's memory-efficient kernel allocates it padded to a
+    multiple of 32 along the sequence (the CPU and flash kernels do not pad), and the merge
+    combines it with other blocks' LSEs of exactly S rows.
+    """
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
-    else:
-        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-            qt, kt, vt, None, compute_log_sumexp=True)[:2]
-    return out.transpose(1, 2), lse.float()
+    out, lse = sdpa_with_lse(qt, kt, vt)
+    return out.transpose(1, 2), lse[..., :q.shape[1]].float()
+
+
+_FLASH_REFUSED: set[tuple] = set()  # (device, dtype, head dim) the flash kernel refused once
+
+
+def lse_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """Which SDPA kernel returns the LSE here: the CPU's; flash for fp16/bf16 (unpadded LSE, the
+    fastest); the memory-efficient one otherwise (float32, which flash cannot compute)."""
+    if device.type == "cpu":
+        return "cpu"
+    return "flash" if dtype in (torch.float16, torch.bfloat16) else "efficient"
+
+
+def sdpa_with_lse(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, S, D], lse [B, H, >=S]) from the kernel :func:`lse_kernel` names; a GPU or head
+    dim the flash kernel refuses falls back to the memory-efficient kernel (remembered)."""
+    kernel = lse_kernel(qt.device, qt.dtype)
+    if kernel == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qt, kt, vt)[:2]
+    key = (qt.device, qt.dtype, qt.shape[-1])
+    if kernel == "flash" and key not in _FLASH_REFUSED:
+        try:
+            return torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)[:2]
+        except RuntimeError:  # e.g. a pre-Ampere GPU
+            _FLASH_REFUSED.add(key)
+    return torch.ops.aten._scaled_dot_product_efficient_attention(qt, kt, vt, None, compute_log_sumexp=True)[:2]
 
 
 class SequenceParallelAttention:
