@@ -31,12 +31,17 @@ RUNNERS: dict[str, str] = {
     "text_encoder_llm": "hyvideo.conformance.text_kinds:run_text_encoder_llm",
     "text_encoder_clip": "hyvideo.conformance.text_kinds:run_text_encoder_clip",
     "prompt_template": "hyvideo.conformance.text_kinds:run_prompt_template",
+    "text_encoder_llava_image": "hyvideo.conformance.i2v_text_kinds:run_text_encoder_llava_image",
+    "prompt_template_i2v": "hyvideo.conformance.i2v_text_kinds:run_prompt_template_i2v",
+    "image_preprocess_i2v": "hyvideo.conformance.i2v_text_kinds:run_image_preprocess_i2v",
 }
 
 # manifest file name prefix -> "module:function" returning a list of problems (empty = pass).
 MANIFEST_CHECKERS: dict[str, str] = {
     "dit_": "hyvideo.conformance.dit_kinds:check_dit_manifest",
     "vae_": "hyvideo.conformance.vae_kinds:check_vae_manifest",
+    # before "text_encoder_": the first matching prefix wins
+    "text_encoder_i2v_": "hyvideo.conformance.i2v_text_kinds:check_llava_manifest",
     "text_encoder_": "hyvideo.conformance.text_kinds:check_text_encoder_manifest",
 }
 
