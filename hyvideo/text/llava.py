@@ -1,0 +1,601 @@
+"""The image-to-video prompt+image encoder: the full LLaVA-Llama-3-8B (``ckpts/text_encoder_i2v``).
+
+``ckpts/text_encoder_i2v`` is xtuner/llava-llama-3-8b-v1_1-transformers: a CLIP ViT-L/14-336
+vision tower, a Linear-GELU-Linear projector and Llama-3-8B, saved by transformers 4.39 (keys
+``vision_tower.vision_model.*``, ``multi_modal_projector.linear_1/2``, ``language_model.model.*``,
+``language_model.lm_head.weight``). The modules are transformers' own (``LlavaModel``: its
+``CLIPVisionModel``, projector and ``LlamaModel``); this file only reproduces what the reference
+(HunyuanVideo-I2V, transformers 4.39.3) does around them:
+
+1. ``I2V_VIDEO_TEMPLATE.format(prompt.strip())``, tokenized to ``text_len + 103`` = 359 tokens
+   (pad ``<pad>`` 128258 on the right, truncation). Token 5 is the one ``<image>`` (128257).
+2. The image goes through the folder's CLIPImageProcessor (shortest edge -> 336 bicubic, centre
+   crop, CLIP mean/std). The vision tower's ``hidden_states[-2]`` without CLS (576 patches) goes
+   through the projector.
+3. 4.39's merge: the ``<image>`` token is *replaced* by the 576 features (359 - 1 + 576 = 934
+   positions), the input embedding of every ``<pad>`` token is zeroed and
+   ``position_ids = cumsum(mask) - 1`` with padded positions set to 1. Newer transformers expand
+   ``<image>`` in the processor instead; the last two details change only padded rows, which the
+   DiT never attends to, but they make every row match the reference.
+4. ``h = hidden_states[-(skip + 1)]`` of the Llama (skip 2, no final norm).
+5. Selection (the DiT's ``text_states``): the image features subsampled every
+   ``image_embed_interleave``-th (4 for token_replace: 144; 2 for latent_concat: 288), then the
+   prompt part with the template and the 4 assistant-header tokens cut away (252 tokens).
+
+Loading is strict and streams: the model is built on the meta device, every file's keys and
+shapes are checked against it from the safetensors headers before any tensor is read, then each
+shard's tensors are cast and assigned in turn, so the weights exist once, in their final dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import (
+    CLIPImageProcessor,
+    LlavaConfig,
+    LlavaModel,
+    PreTrainedTokenizerBase,
+)
+
+from hyvideo.checkpoints.reading import CheckpointError, check_state_dict
+from hyvideo.text.checkpoint import materialized, read_config, seeded_random, weight_files
+from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder
+from hyvideo.text.conditioning import TextConditioning
+from hyvideo.text.prompts import I2V_VIDEO_TEMPLATE, ImagePromptTemplate, i2v_template_for_frames
+from hyvideo.text.tokenizer import check_crop_start, load_llm_tokenizer
+
+__all__ = [
+    "LLAVA_HINT",
+    "LLAVA_KEY_TABLE",
+    "I2VTextEncoders",
+    "LlavaEncodeSettings",
+    "LlavaTextImageEncoder",
+    "black_image",
+    "clip_image_processor",
+    "interleave_for",
+    "llava_config",
+    "llava_key",
+    "load_i2v_text_encoders",
+    "load_image_processor",
+    "load_llava_encoder",
+    "random_llava_encoder",
+    "stream_weights",
+    "tiny_llava_config",
+    "unused_by_output",
+]
+
+LLAVA_HINT = (
+    "ckpts/text_encoder_i2v is the xtuner/llava-llama-3-8b-v1_1-transformers folder "
+    "(see ckpts/README.md)"
+)
+
+# Checkpoint key prefix -> LlavaModel key prefix (None: present in files, never loaded). The
+# first matching row wins. The official folder uses the transformers < 4.52 names (which
+# save_pretrained of every later version writes as well); the in-memory names of >= 4.52 are
+# accepted too. lm_head (absent when tied) is never needed: the encoder reads hidden states.
+LLAVA_KEY_TABLE: tuple[tuple[str, str | None], ...] = (
+    ("language_model.lm_head.", None),
+    ("language_model.model.", "language_model."),
+    ("vision_tower.", "vision_tower."),
+    ("multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", None),
+    ("model.language_model.", "language_model."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+)
+# Non-persistent buffers that some older saves carry; they are rebuilt, never read.
+_REBUILT_BUFFERS = ("rotary_emb.inv_freq", "embeddings.position_ids")
+
+# The reference's interleave per DiT conditioning type.
+_INTERLEAVE = {"token_replace": 4, "latent_concat": 2}
+
+
+def llava_key(key: str) -> str | None:
+    """Checkpoint key -> ``LlavaModel`` key through :data:`LLAVA_KEY_TABLE` (None = not loaded).
+
+    A key no row matches is kept as it is, so a wrong file is reported as unexpected keys.
+    """
+    if key.endswith(_REBUILT_BUFFERS):
+        return None
+    for old, new in LLAVA_KEY_TABLE:
+        if key.startswith(old):
+            return None if new is None else new + key[len(old):]
+    return key
+
+
+def interleave_for(condition_type: str) -> int:
+    """Image-token subsampling of the reference: 4 for token_replace, 2 for latent_concat."""
+    if condition_type not in _INTERLEAVE:
+        raise ValueError(f"unknown i2v condition type {condition_type!r}; "
+                         f"valid: {', '.join(_INTERLEAVE)}")
+    return _INTERLEAVE[condition_type]
+
+
+@dataclass(frozen=True)
+class LlavaEncodeSettings:
+    """How the I2V text states are taken (the reference's CLI defaults).
+
+    Attributes:
+        text_len: prompt tokens in the window (``--text-len``); the output keeps ``text_len - 4``.
+        hidden_state_skip_layer: layers skipped from the end (``--hidden-state-skip-layer``).
+        apply_final_norm: apply the final RMSNorm to a skipped layer's output.
+        image_embed_interleave: keep every n-th image feature (4 token_replace, 2 latent_concat).
+    """
+
+    text_len: int = 256
+    hidden_state_skip_layer: int = 2
+    apply_final_norm: bool = False
+    image_embed_interleave: int = 4
+
+
+def llava_config(config: dict, source: str = "config") -> LlavaConfig:
+    """A LlavaConfig (Llama text model, CLIP vision tower) from a config.json dict."""
+    if config.get("model_type") != "llava" or not isinstance(config.get("text_config"), dict):
+        raise CheckpointError(
+            f"{source} is not a LLaVA config (model_type {config.get('model_type')!r}, "
+            f"expected 'llava' with a text_config; {LLAVA_HINT})"
+        )
+    text, vision = config["text_config"], config.get("vision_config") or {}
+    if text.get("model_type", "llama") != "llama":
+        raise CheckpointError(
+            f"{source}: the language model is {text.get('model_type')!r}, not llama")
+    if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
+        raise CheckpointError(
+            f"{source}: the vision tower is {vision.get('model_type')!r}, not CLIP")
+    return LlavaConfig.from_dict(copy.deepcopy(config))  # its __init__ edits the sub-dicts
+
+
+def unused_by_output(config: LlavaConfig, settings: LlavaEncodeSettings = LlavaEncodeSettings()
+                     ) -> tuple[str, ...]:
+    """Key prefixes (``LlavaModel`` names) whose weights cannot change the encoder's output.
+
+    The vision tower is read at ``hidden_states[vision_feature_layer]`` (-2: its last layer and
+    ``post_layernorm`` are unused) and the Llama at ``hidden_states[-(skip + 1)]`` (its last
+    ``skip`` layers and, without ``apply_final_norm``, the final norm are unused).
+    """
+    vision_layers = config.vision_config.num_hidden_layers
+    # hidden_states[k] is the output of k layers: [-2] leaves the last layer unused.
+    first_unused = vision_layers + 1 + config.vision_feature_layer
+    unused = [f"vision_tower.vision_model.encoder.layers.{i}."
+              for i in range(first_unused, vision_layers)]
+    unused.append("vision_tower.vision_model.post_layernorm.")
+    layers = config.text_config.num_hidden_layers
+    skip = settings.hidden_state_skip_layer
+    unused += [f"language_model.layers.{i}." for i in range(layers - skip, layers)]
+    if skip > 0 and not settings.apply_final_norm:
+        unused.append("language_model.norm.")
+    return tuple(unused)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _file_plan(files: list[Path], rename: Callable[[str], str | None]
+               ) -> tuple[list[tuple[Path, dict[str, str]]], dict[str, torch.Tensor]]:
+    """Per file {file key: model key}, and meta tensors of the file shapes (headers only)."""
+    plan, shapes = [], {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                names = {k: n for k in handle.keys() if (n := rename(k)) is not None}
+                for key, name in names.items():
+                    shape = handle.get_slice(key).get_shape()
+                    shapes[name] = torch.empty(shape, device="meta")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"cannot read safetensors file {file}: {exc}") from exc
+        plan.append((file, names))
+    return plan, shapes
+
+
+def stream_weights(
+    model: torch.nn.Module,
+    files: list[Path],
+    rename: Callable[[str], str | None],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    source: str,
+) -> None:
+    """Fill the meta-built ``model`` from ``files`` strictly, one file at a time.
+
+    Keys and shapes of every file are checked first (headers only), so a wrong folder fails
+    before anything is read. Then each tensor is read, cast to ``dtype`` (floating tensors) and
+    placed on ``device``; a file's tensors are assigned before the next file is opened. Nothing
+    holds a second copy: the tensors read become the parameters.
+    """
+    plan, shapes = _file_plan(files, rename)
+    check_state_dict(model, shapes, source=source)
+    for file, names in plan:
+        shard: dict[str, torch.Tensor] = {}
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for key, name in names.items():
+                tensor = handle.get_tensor(key)
+                cast = dtype if tensor.is_floating_point() else tensor.dtype
+                shard[name] = tensor.to(device=device or "cpu", dtype=cast)
+                del tensor  # the file-dtype copy goes now, not at the next read
+        model.load_state_dict(shard, strict=False, assign=True)
+        del shard
+
+
+def _rebuild_buffers(model: LlavaModel, device: torch.device | str | None) -> None:
+    # Non-persistent buffers are computed at construction, so a meta build leaves them empty.
+    language = model.language_model
+    language.rotary_emb = type(language.rotary_emb)(config=language.config, device=device)
+    embeddings = model.vision_tower.vision_model.embeddings
+    embeddings.position_ids = torch.arange(embeddings.num_positions, device=device).expand(1, -1)
+
+
+def load_image_processor(folder: str | Path) -> CLIPImageProcessor:
+    """The CLIPImageProcessor of ``folder/preprocessor_config.json`` (the official folder, or the
+    diffusers layout's ``image_processor/``). transformers' PIL implementation, on purpose: its
+    resize and crop are the reference's, byte for byte."""
+    folder = Path(folder)
+    if not (folder / "preprocessor_config.json").is_file():
+        raise CheckpointError(f"no preprocessor_config.json in {folder} ({LLAVA_HINT})")
+    return CLIPImageProcessor.from_pretrained(str(folder))
+
+
+def clip_image_processor(size: int) -> CLIPImageProcessor:
+    """The official processor settings for an ``size``-px tower (336 for ViT-L/14-336), built
+    offline: shortest edge -> size (bicubic), centre crop size x size, CLIP mean/std."""
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        resample=Image.Resampling.BICUBIC,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+
+
+def load_llava_encoder(
+    folder: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+    device: torch.device | str | None = None,
+    settings: LlavaEncodeSettings = LlavaEncodeSettings(),
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    tokenizer_folder: str | Path | None = None,
+    processor_folder: str | Path | None = None,
+) -> LlavaTextImageEncoder:
+    """Load ``ckpts/text_encoder_i2v`` (or the diffusers layout's ``text_encoder/``).
+
+    Args:
+        folder: config.json + safetensors (one file or shards with an index).
+        dtype: compute precision (float16 like the reference; float32 for conformance).
+        device: where the weights go (default CPU).
+        tokenizer: use this tokenizer; else the files of ``tokenizer_folder`` (default ``folder``;
+            the diffusers layout keeps them in ``tokenizer/``).
+        processor_folder: where ``preprocessor_config.json`` is (default ``folder``; the diffusers
+            layout's ``image_processor/``).
+    """
+    folder = Path(folder)
+    raw = read_config(folder, LLAVA_HINT)
+    config = llava_config(raw, source=str(folder / "config.json"))
+    files = weight_files(folder, LLAVA_HINT)
+    processor = load_image_processor(processor_folder or folder)
+    if tokenizer is None:
+        tokenizer = load_llm_tokenizer(tokenizer_folder or folder)
+    with torch.device("meta"):
+        model = LlavaModel(config)
+    stream_weights(model, files, llava_key, dtype=dtype, device=device,
+                   source=f"LLaVA weights in {folder}")
+    _rebuild_buffers(model, device)
+    return LlavaTextImageEncoder(materialized(model, str(folder)), tokenizer, processor, settings,
+                                 pad_token_id=raw.get("pad_token_id"))
+
+
+def tiny_llava_config(*, hidden_size: int = 16, layers: int = 4, vision_hidden: int = 16,
+                      vision_layers: int = 3) -> LlavaConfig:
+    """A tiny LLaVA with the real structure and the official token ids: a 48-px CLIP tower with
+    patch 2 (24 x 24 = 576 patches, as the reference's constants need), a Llama with the
+    llava vocabulary (128320)."""
+    return LlavaConfig(
+        text_config={
+            "model_type": "llama", "vocab_size": 128320, "hidden_size": hidden_size,
+            "intermediate_size": 3 * hidden_size, "num_hidden_layers": layers,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0, "max_position_embeddings": 8192,
+            "bos_token_id": 128000, "eos_token_id": 128001,
+        },
+        vision_config={
+            "model_type": "clip_vision_model", "hidden_size": vision_hidden,
+            "intermediate_size": 2 * vision_hidden, "num_hidden_layers": vision_layers,
+            "num_attention_heads": 2, "image_size": 48, "patch_size": 2,
+            "projection_dim": vision_hidden, "hidden_act": "quick_gelu",
+        },
+        image_token_index=128257,
+        pad_token_id=128258,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def random_llava_encoder(
+    config: LlavaConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    image_processor: CLIPImageProcessor | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    settings: LlavaEncodeSettings = LlavaEncodeSettings(),
+) -> LlavaTextImageEncoder:
+    """A randomly initialised LLaVA encoder (tests, the tiny preset); global RNG untouched.
+
+    ``image_processor`` defaults to the official settings at the tower's ``image_size``.
+    """
+    model = seeded_random(LlavaModel, config, seed=seed, device=device, dtype=dtype)
+    processor = image_processor or clip_image_processor(config.vision_config.image_size)
+    return LlavaTextImageEncoder(materialized(model, "random LLaVA"), tokenizer, processor,
+                                 settings, pad_token_id=getattr(config, "pad_token_id", None))
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def black_image(size: tuple[int, int]) -> Image.Image:
+    """An all-black RGB image of ``size`` = (width, height): the negative branch's image."""
+    return Image.new("RGB", size)
+
+
+def _patch_count(config: LlavaConfig) -> int:
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    return patches if config.vision_feature_select_strategy == "default" else patches + 1
+
+
+class LlavaTextImageEncoder:
+    """LLaVA (transformers' ``LlavaModel``) + tokenizer + CLIP image processor, with the
+    reference's I2V template, merge and selection. Outputs are in the model's dtype and device.
+    """
+
+    template: ImagePromptTemplate = I2V_VIDEO_TEMPLATE
+
+    def __init__(self, model: LlavaModel, tokenizer: PreTrainedTokenizerBase,
+                 image_processor: CLIPImageProcessor,
+                 settings: LlavaEncodeSettings = LlavaEncodeSettings(), *,
+                 pad_token_id: int | None = None) -> None:
+        self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
+        self.settings = settings
+        # 4.39 zeroes the embeddings of config.pad_token_id (-1, i.e. nothing, when unset).
+        self.pad_token_id = pad_token_id
+        self.max_length = settings.text_len + check_crop_start(tokenizer, self.template)
+        self._check_model()
+
+    def _check_model(self) -> None:
+        config, template, settings = self.model.config, self.template, self.settings
+        if _patch_count(config) != template.image_emb_len:
+            raise ValueError(f"the vision tower gives {_patch_count(config)} image features; the "
+                             f"reference's template constants need {template.image_emb_len}")
+        image_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        if image_id != config.image_token_index:
+            raise ValueError(f"tokenizer's <image> is {image_id}, the model's image token is "
+                             f"{config.image_token_index}")
+        if len(self.tokenizer) > config.text_config.vocab_size:
+            raise ValueError(f"tokenizer ({len(self.tokenizer)} tokens) does not fit the model's "
+                             f"vocab_size {config.text_config.vocab_size}")
+        crop = self.image_processor.crop_size
+        if (crop["height"], crop["width"]) != (config.vision_config.image_size,) * 2:
+            raise ValueError(f"image processor crops to {crop}, the vision tower takes "
+                             f"{config.vision_config.image_size} px")
+        layers = config.text_config.num_hidden_layers
+        if not 0 <= settings.hidden_state_skip_layer <= layers:
+            raise ValueError(f"hidden_state_skip_layer={settings.hidden_state_skip_layer} outside "
+                             f"0..{layers}")
+        if settings.image_embed_interleave < 1 or settings.text_len < 4:
+            raise ValueError(f"bad settings {settings}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.language_model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.language_model.embed_tokens.weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    @property
+    def output_length(self) -> int:
+        """Tokens per prompt of the output: image features kept + ``text_len - 4``."""
+        image = -(-self.template.image_emb_len // self.settings.image_embed_interleave)
+        return image + self.settings.text_len - 4
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask [B, text_len + 103] int64 of the templated prompts."""
+        batch = self.tokenizer(
+            [self.template.format(p) for p in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return batch["input_ids"].long(), batch["attention_mask"].long()
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """[B, 3, S, S] float32: the CLIP processor's resize, crop and normalisation."""
+        rgb = [image.convert("RGB") for image in images]
+        return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image features [B, 576, D] (vision ``hidden_states[-2]`` without CLS)."""
+        config = self.model.config
+        vision_dtype = self.model.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
+        out = self.model.get_image_features(
+            pixel_values=pixel_values.to(self.device, vision_dtype),
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        return torch.stack(list(out.pooler_output))  # a list of [576, D] per image
+
+    def merge(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """4.39's merge: each row's one ``<image>`` token replaced by its image's features.
+
+        Args:
+            input_ids, attention_mask: [B, N] int64.
+            features: [B, F, D].
+        Returns:
+            inputs_embeds [B, N - 1 + F, D] (pad embeddings zeroed), mask [B, N - 1 + F] and
+            position_ids (cumsum(mask) - 1, padded positions 1), both int64.
+        """
+        image_id = self.model.config.image_token_index
+        is_image = input_ids == image_id  # [B, N]
+        counts = is_image.sum(dim=1)
+        if not bool((counts == 1).all()):
+            raise ValueError(f"each prompt must hold exactly one <image> token (the template's), "
+                             f"got {counts.tolist()}: remove '<image>' from the prompt")
+        embeds = self.model.language_model.embed_tokens(input_ids)  # [B, N, D]
+        if self.pad_token_id is not None:
+            embeds = embeds.masked_fill((input_ids == self.pad_token_id)[..., None], 0.0)
+        rows, masks = [], []
+        for b, pos in enumerate(is_image.int().argmax(dim=1).tolist()):
+            image = features[b].to(embeds.dtype)
+            rows.append(torch.cat([embeds[b, :pos], image, embeds[b, pos + 1:]]))
+            ones = attention_mask.new_ones(image.shape[0])
+            masks.append(torch.cat([attention_mask[b, :pos], ones, attention_mask[b, pos + 1:]]))
+        merged, mask = torch.stack(rows), torch.stack(masks)
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        return merged, mask, position_ids
+
+    @torch.inference_mode()
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen Llama layer over the merged sequence: [B, N - 1 + 576, D] and its mask."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        features = self.image_features(pixel_values)  # [B, 576, D]
+        embeds, mask, position_ids = self.merge(input_ids, attention_mask, features)
+        out = self.model.language_model(inputs_embeds=embeds, attention_mask=mask,
+                                        position_ids=position_ids, output_hidden_states=True,
+                                        use_cache=False)
+        skip = self.settings.hidden_state_skip_layer
+        states = out.hidden_states[-(skip + 1)]  # L+1 entries; the last one is normed
+        if skip > 0 and self.settings.apply_final_norm:
+            states = self.model.language_model.norm(states)
+        return states, mask
+
+    def select(self, states: torch.Tensor, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's selection: image part (interleaved), then the prompt part.
+
+        Args:
+            states: [B, N - 1 + 576, D] merged-sequence hidden states.
+            input_ids, attention_mask: [B, N] of the tokenizer.
+        Returns:
+            states [B, ceil(576 / interleave) + text_len - 4, D], mask [B, same] int64.
+        """
+        t = self.template
+        shift = t.image_emb_len - 1  # input position i > image_emb_start is merged position i + 575
+        image = states[:, t.image_emb_start:t.image_emb_end:self.settings.image_embed_interleave]
+        texts, masks = [], []
+        for b in range(states.shape[0]):
+            j = self._assistant_end(input_ids[b])
+            texts.append(torch.cat([states[b, t.crop_start + shift:j - 4 + shift],
+                                    states[b, j + shift:]]))
+            masks.append(torch.cat([attention_mask[b, t.crop_start:j - 4], attention_mask[b, j:]]))
+        text, text_mask = torch.stack(texts), torch.stack(masks).to(states.device)
+        image_mask = text_mask.new_ones(image.shape[:2])
+        return torch.cat([image, text], dim=1), torch.cat([image_mask, text_mask], dim=1)
+
+    def _assistant_end(self, ids: torch.Tensor) -> int:
+        """j: the input position of the last "\\n\\n" (the one closing the assistant header).
+
+        The template holds four; with only three left the prompt was truncated, and the
+        reference uses the sequence length. A prompt's own "\\n\\n" comes before the header's,
+        so the last one is still the header's (rows are handled one by one; the reference's
+        batched version needs equal counts).
+        """
+        where = (ids == self.template.double_return_token_id).nonzero().flatten().tolist()
+        return ids.shape[0] if len(where) == 3 else where[-1]
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`hidden_states` then :meth:`select`: the DiT's text states and mask."""
+        states, _ = self.hidden_states(input_ids, attention_mask, pixel_values)
+        return self.select(states, input_ids.to(states.device), attention_mask)
+
+    def encode(self, prompts: list[str], images: Sequence[Image.Image], *, num_frames: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode prompts, each with its image, for a video of ``num_frames`` (> 1) frames.
+
+        Returns:
+            states [B, 144 + 252, D] (token_replace; 288 + 252 for latent_concat) and the mask
+            [B, same] int64: image tokens first (all valid), then prompt tokens then padding.
+        """
+        i2v_template_for_frames(num_frames)  # a 1-frame request raises, as in the reference
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        input_ids, mask = self.tokenize([p.strip() for p in prompts])
+        return self.encode_tokens(input_ids, mask, self.pixel_values(images))
+
+
+class I2VTextEncoders:
+    """The I2V text conditioning: LLaVA (prompt + image) and CLIP-L (prompt only)."""
+
+    def __init__(self, llava: LlavaTextImageEncoder, clip: CLIPTextEncoder) -> None:
+        self.llava, self.clip = llava, clip
+
+    def encode(self, prompts: list[str], images: Image.Image | Sequence[Image.Image], *,
+               num_frames: int) -> TextConditioning:
+        """Encode ``prompts`` with ``images`` (one per prompt, or one for all).
+
+        Returns TextConditioning(states [B, L, D], mask [B, L], pooled [B, D2]) on the LLaVA's
+        device, where L = 144 + 252 (token_replace) or 288 + 252 (latent_concat).
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not a string")
+        prompts = [p.strip() for p in prompts]
+        if isinstance(images, Image.Image):
+            images = [images] * len(prompts)
+        states, mask = self.llava.encode(prompts, list(images), num_frames=num_frames)
+        pooled, _ = self.clip.encode(prompts)  # [B, D2]
+        return TextConditioning(states, mask, pooled.to(states.device))
+
+    def encode_negative(self, prompts: list[str], images: Image.Image | Sequence[Image.Image],
+                        *, num_frames: int) -> TextConditioning:
+        """The classifier-free-guidance branch: ``prompts`` with black images of the images'
+        sizes, as the reference does."""
+        if isinstance(images, Image.Image):
+            images = [images] * len(prompts)
+        return self.encode(prompts, [black_image(image.size) for image in images],
+                           num_frames=num_frames)
+
+
+def load_i2v_text_encoders(
+    text_encoder_i2v: str | Path,
+    text_encoder_2: str | Path,
+    *,
+    dtype: torch.dtype = torch.float16,
+    dtype_2: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    settings: LlavaEncodeSettings = LlavaEncodeSettings(),
+    text_len_2: int = 77,
+    tokenizer_folder: str | Path | None = None,
+    processor_folder: str | Path | None = None,
+    tokenizer_2_folder: str | Path | None = None,
+) -> I2VTextEncoders:
+    """Load ``ckpts/text_encoder_i2v`` and ``ckpts/text_encoder_2`` (the diffusers layout: pass
+    ``text_encoder/`` with ``tokenizer_folder=tokenizer/``, ``processor_folder=image_processor/``
+    and ``text_encoder_2/`` with ``tokenizer_2_folder=tokenizer_2/``)."""
+    llava = load_llava_encoder(text_encoder_i2v, dtype=dtype, device=device, settings=settings,
+                               tokenizer_folder=tokenizer_folder, processor_folder=processor_folder)
+    clip_tokenizer = None
+    if tokenizer_2_folder is not None:
+        from hyvideo.text.tokenizer import load_clip_tokenizer
+
+        clip_tokenizer = load_clip_tokenizer(tokenizer_2_folder, text_len_2)
+    clip = load_clip_encoder(text_encoder_2, dtype=dtype_2 or dtype, device=device,
+                             max_length=text_len_2, tokenizer=clip_tokenizer)
+    return I2VTextEncoders(llava, clip)
