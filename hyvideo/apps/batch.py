@@ -149,6 +149,8 @@ class Manifest:
 
     def pending(self, jobs: list[PromptJob]) -> list[PromptJob]:
         """The jobs not yet done; partial files left by a kill mid-write are removed."""
+        if not self.path.is_file():
+            raise PromptFileError(f"--resume: no manifest at {self.path}; run the batch once without --resume")
         for stale in self.path.parent.glob(".*.partial"):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         done = self.done_ids()

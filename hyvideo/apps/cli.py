@@ -34,6 +34,13 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D102 (argparse's hook)
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
+    def parse_or_exit_code(self, argv: list[str] | None) -> argparse.Namespace | int:
+        """The parsed flags, or the exit code argparse chose (``--help``: 0, bad usage: 2)."""
+        try:
+            return self.parse_args(argv)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
 
 def fail(message: str) -> int:
     """Print ``error: message`` on stderr; the usage exit code."""
@@ -76,7 +83,7 @@ def usage_message(exc: Exception) -> str:
 def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
     """Which model, from where, in which precision (shared by every front door)."""
     g = p.add_argument_group("model and weights")
-    g.add_argument("--model", default="HYVideo-T/2-cfgdistill", choices=variants, metavar="MODEL",
+    g.add_argument("--model", default="HYVideo-T/2-cfgdistill", metavar="MODEL",
                    help=f"model variant: {', '.join(variants)}; tiny-random builds small random-weight "
                    "components in memory (offline demo)")
     g.add_argument("--model-base", type=Path, default=Path("ckpts"),
@@ -174,8 +181,10 @@ def load_options(args: argparse.Namespace):
     """The model flags as :class:`~hyvideo.pipeline.components.LoadOptions` (checked)."""
     from hyvideo.checkpoints.layouts import CheckpointPaths
     from hyvideo.pipeline.options import LoadOptions, Precisions, TextSettings
+    from hyvideo.pipeline.variants import load_variant
 
     check_fixed_flags(args)
+    load_variant(args.model)  # an unknown name fails here, listing the known ones
     paths = CheckpointPaths(args.model_base, args.model_resolution, args.dit_weight, args.vae_path,
                             args.text_encoder_path, args.text_encoder_2_path, args.load_key, args.use_fp8)
     precisions = Precisions(args.precision, args.vae_precision, args.text_encoder_precision,

@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     from hyvideo.pipeline.geometry import RESOLUTIONS
     from hyvideo.pipeline.variants import variant_names
 
-    args = build_parser(variant_names(), list(RESOLUTIONS)).parse_args(argv)
+    args = build_parser(variant_names(), list(RESOLUTIONS)).parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     try:
         plan = prepare(args)
         if not plan.jobs:

@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from hyvideo.pipeline.variants import variant_names
 
-    args = build_parser(variant_names()).parse_args(argv)
+    args = build_parser(variant_names()).parse_or_exit_code(argv)
+    if isinstance(args, int):
+        return args
     if importlib.util.find_spec("gradio") is None:
         return cli.fail("the web demo needs Gradio: pip install 'hyvideo[web]' (or pip install gradio)")
     from hyvideo.apps.batch import PromptFileError

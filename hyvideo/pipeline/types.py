@@ -44,9 +44,11 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     """``value`` as an int (bools and floats refused) within [low, high], else UsageError."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"{name.replace('_', ' ')} must be a whole number, got {value!r}", name)
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise UsageError(f"{name.replace('_', ' ')} must be {bounds}, got {value}", name)
+    if low is not None and value < low:
+        bound = "a positive integer" if low == 1 else f">= {low}"
+        raise UsageError(f"{name.replace('_', ' ')} must be {bound}, got {value}", name)
+    if high is not None and value > high:
+        raise UsageError(f"{name.replace('_', ' ')} must be at most {high}, got {value}", name)
     return value
 
 
@@ -108,7 +110,7 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         check_text("prompt", self.prompt, required=True)
         check_text("negative_prompt", self.negative_prompt, required=False)
-        for name in ("height", "width", "video_length", "infer_steps"):
+        for name in ("height", "width", "video_length"):
             check_int(name, getattr(self, name), 1)
         check_int("infer_steps", self.infer_steps, 1, 1000)
         check_int("num_videos", self.num_videos, 1, 1000)

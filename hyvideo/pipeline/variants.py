@@ -17,7 +17,7 @@ import torch
 
 from hyvideo.dit.config import DiTConfig, config_from_dict
 from hyvideo.pipeline.geometry import Geometry
-from hyvideo.pipeline.types import GenerationRequest, request_from_defaults
+from hyvideo.pipeline.types import GenerationRequest, UsageError, request_from_defaults
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -105,7 +105,7 @@ def variant_spec(name: str) -> dict[str, Any]:
     """The raw JSON of variant ``name`` (the tiny preset keeps its other components' sizes there)."""
     data = _variant_data()
     if name not in data:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(data)}")
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(data)}", "model")
     return data[name]
 
 
