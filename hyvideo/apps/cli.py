@@ -25,6 +25,7 @@ FIXED_FLAGS = {
     "--text-states-dim": "4096", "--tokenizer": "llm", "--prompt-template": "dit-llm-encode",
     "--prompt-template-video": "dit-llm-encode-video", "--text-encoder-2": "clipL",
     "--text-states-dim-2": "768", "--tokenizer-2": "clipL", "--denoise-type": "flow",
+    "--flow-solver": "euler",
 }
 
 

@@ -53,7 +53,6 @@ def build_parser(variants: list[str], resolutions: list[str]) -> argparse.Argume
     s.add_argument("--flow-shift", type=cli.finite, help="time shift of the sigma schedule (default 7.0)")
     s.add_argument("--flow-reverse", action=argparse.BooleanOptionalAction, default=None,
                    help="sigmas from 1 to 0 (default on: the released model needs it)")
-    s.add_argument("--flow-solver", default="euler", choices=["euler"], help="ODE solver (only euler exists)")
     s.add_argument("--num-videos", type=cli.whole, default=1, help="videos per prompt (seeds seed, seed+1, ...)")
     s.add_argument("--batch-size", type=cli.whole, default=1, help="videos per DiT call")
     o = p.add_argument_group("output")
