@@ -152,7 +152,7 @@ def test_ineligible_shapes_fall_back_once_and_are_reported():
 
 def test_without_scaled_mm_every_layer_keeps_weight_only(monkeypatch):
     monkeypatch.delattr(torch, "_scaled_mm")
-    fp8._scaled_mm_problem.cache_clear()
+    fp8.clear_probes()
     try:
         model = nn.Sequential(fp8_linear(32, 16))
         assert not fp8_matmul_supported("cpu")
@@ -162,7 +162,7 @@ def test_without_scaled_mm_every_layer_keeps_weight_only(monkeypatch):
         torch.testing.assert_close(model(x), F.linear(x, model[0].dequantized_weight(torch.float32),
                                                       model[0].bias), atol=0, rtol=0)
     finally:
-        fp8._scaled_mm_problem.cache_clear()
+        fp8.clear_probes()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
@@ -170,7 +170,7 @@ def test_a_device_torch_cannot_reach_is_unsupported_not_a_crash():
     layer = fp8_linear(32, 16)
     assert not fp8_matmul_supported("cuda")
     assert enable_fp8_matmul(nn.Sequential(layer), device="cuda") == []
-    assert layer.matmul_fallback.startswith("torch._scaled_mm does not run on cuda (")
+    assert layer.matmul_fallback.startswith("torch._scaled_mm does not run on cuda with per-t")
 
 
 def test_bad_requests_are_clear_errors():

@@ -52,3 +52,159 @@ def test_lse_kernel_is_flash_for_half_precision():
     assert lse_kernel(gpu, torch.float16) == "flash"
     assert lse_kernel(gpu, torch.float32) == "efficient"  # flash cannot compute float32
     assert lse_kernel(torch.device("cpu"), torch.bfloat16) == "cpu"
+
+
+# ---- 6. the float8 matmul probe: product, per-token scaling and fused bias probed separately ----
+
+def _fp8_layer(k=64, n=32, dtype=torch.bfloat16):
+    from torch import nn
+
+    from hyvideo.dit.fp8 import FP8_DTYPE, FP8_MAX, FP8Linear
+
+    g = torch.Generator().manual_seed(0)
+    layer = FP8Linear.from_linear(nn.Linear(k, n))
+    w = torch.randn(n, k, generator=g) * 0.05
+    scale = w.abs().max() / FP8_MAX
+    layer.weight = nn.Parameter((w / scale).to(FP8_DTYPE), requires_grad=False)
+    layer.fp8_scale = scale
+    layer.bias = nn.Parameter(torch.randn(n, generator=g).to(dtype), requires_grad=False)
+    return layer
+
+
+@pytest.fixture
+def scaled_mm_refusing(monkeypatch):
+    """torch._scaled_mm that refuses what ``refuse`` names ('bias' or 'rowwise'), as some GPU and
+    torch pairs do (a fused bias on some builds; row-wise scales off sm_90 before torch 2.7)."""
+    from hyvideo.dit import fp8
+
+    if not fp8.fp8_matmul_supported("cpu", "token", torch.bfloat16):
+        pytest.skip(f"torch {torch.__version__} cannot run torch._scaled_mm on this CPU")
+    real = torch._scaled_mm
+
+    def install(refuse: str):
+        def scaled_mm(a, b, scale_a, scale_b, bias=None, **kw):
+            if refuse == "bias" and bias is not None:
+                raise RuntimeError("Bias is not supported for this configuration")
+            if refuse == "rowwise" and scale_a.numel() > 1:
+                raise RuntimeError("Invalid scaling configuration: rowwise scaling needs sm_90")
+            return real(a, b, scale_a=scale_a, scale_b=scale_b, bias=bias, **kw)
+
+        monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)
+        fp8.clear_probes()
+
+    yield install
+    fp8.clear_probes()
+
+
+def test_a_refused_bias_fusion_keeps_the_float8_product(scaled_mm_refusing):
+    from torch import nn
+
+    from hyvideo.dit.fp8 import enable_fp8_matmul, fp8_matmul_report
+
+    scaled_mm_refusing("bias")
+    layer = _fp8_layer()
+    model = nn.Sequential(layer)
+    assert enable_fp8_matmul(model, dtype=torch.bfloat16) == ["0"]  # was [] when probed together
+    assert layer.matmul and not layer.fuse_bias
+    x = torch.randn(24, 64, dtype=torch.bfloat16)
+    got = layer(x)  # the bias is added after the product
+    report = fp8_matmul_report(model)
+    assert report["float8_layers"] == 1 and report["bias"] == ["added after"]
+    assert "bias added after the product" in report["notes"][0]
+    layer.fuse_bias = True  # what the forward would have hit
+    with pytest.raises(RuntimeError, match="Bias is not supported"):
+        layer(x)
+    weight_only = torch.nn.functional.linear(x.float(), layer.dequantized_weight(torch.float32), layer.bias.float())
+    assert float((got.float() - weight_only).norm() / weight_only.norm()) < 0.06
+
+
+def test_refused_per_token_scales_fall_back_to_per_tensor(scaled_mm_refusing, monkeypatch):
+    from torch import nn
+
+    from hyvideo import compat
+    from hyvideo.dit.fp8 import enable_fp8_matmul, fp8_matmul_report, fp8_matmul_summary
+
+    scaled_mm_refusing("rowwise")
+    monkeypatch.setattr(compat, "torch_version", lambda: (2, 5))
+    layer = _fp8_layer()
+    model = nn.Sequential(layer)
+    assert enable_fp8_matmul(model, "token", dtype=torch.bfloat16) == ["0"]
+    assert layer.activation_scale == "tensor"
+    layer(torch.randn(8, 64, dtype=torch.bfloat16))  # runs: one scale for the whole input
+    report = fp8_matmul_report(model)
+    assert report["activation_scales"] == ["tensor"]
+    assert "per-tensor activation scales instead of per-token" in report["notes"][0]
+    assert "row-wise only on sm_90" in report["notes"][0]
+    assert "per-tensor activation scales instead of per-token" in fp8_matmul_summary(model)
+
+
+def test_the_fp8_matmul_report_is_in_the_output_metadata():
+    from hyvideo.dit.fp8 import FP8_DTYPE, FP8Linear, convert_to_fp8, enable_fp8_matmul, fp8_matmul_supported
+    from hyvideo.pipeline.t2v import HunyuanVideoPipeline
+    from hyvideo.pipeline.tiny import tiny_components
+    from hyvideo.pipeline.variants import load_variant
+
+    parts = tiny_components(torch.device("cpu"), with_text=False)
+    variant = load_variant("tiny-random")
+    pipe = HunyuanVideoPipeline(parts.dit, parts.vae, None, device=torch.device("cpu"), name=variant.name,
+                                defaults=variant.sampling, geometry=variant.geometry)
+    assert "fp8_matmul" not in pipe.run_metadata()  # a bf16/fp32 model: nothing to report
+    convert_to_fp8(parts.dit)
+    layers = [m for m in parts.dit.modules() if isinstance(m, FP8Linear)]
+    with torch.no_grad():
+        for m in layers:
+            m.weight.copy_(torch.randn(m.weight.shape).to(FP8_DTYPE))
+    assert "fp8_matmul" not in pipe.run_metadata()  # weight-only FP8, as the official --use-fp8
+    enable_fp8_matmul(parts.dit, device="cpu", dtype=torch.float32)
+    meta = pipe.run_metadata()["fp8_matmul"]
+    assert meta["layers"] == len(layers)
+    if fp8_matmul_supported("cpu", "token", torch.float32):
+        assert meta["float8_layers"] == len(layers) and meta["weight_only"] == {}
+    else:
+        assert meta["float8_layers"] == 0 and sum(meta["weight_only"].values()) == len(layers)
+
+
+# ---- 7. float8 activation quantisation: row chunks, the same numbers, bounded transients -------
+
+def _unfused(x: torch.Tensor, per_token: bool):
+    """The formula written in one pass (the quantiser before the fix)."""
+    from hyvideo.dit.fp8 import FP8_DTYPE, FP8_MAX
+
+    amax = x.abs().amax(dim=-1 if per_token else (-2, -1), keepdim=True).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return torch.div(x, scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_token", [True, False])
+def test_chunked_quantisation_equals_the_formula(dtype, per_token):
+    from hyvideo.dit.fp8 import quantize_activations
+
+    x = torch.randn(301, 96, generator=torch.Generator().manual_seed(1)).to(dtype) * 7
+    x[5] = 0
+    want_q, want_s = _unfused(x, per_token)
+    got_q, got_s = quantize_activations(x, per_token, chunk_bytes=4 * 96 * 16)  # 16 rows per chunk
+    assert torch.equal(got_q.view(torch.uint8), want_q.view(torch.uint8))
+    assert torch.equal(got_s, want_s)
+
+
+def _transient_bytes(fn, x) -> int:
+    from tests.memory_tools import LiveBytes
+
+    with LiveBytes() as live:
+        live.track(x)  # the input is held already: only what the call adds counts
+        before = live.live["cpu"]
+        out = fn(x)
+    del out
+    return live.peak["cpu"] - before
+
+
+def test_chunked_quantisation_bounds_the_transients():
+    from hyvideo.dit.fp8 import quantize_activations
+
+    m, k, chunk = 512, 1024, 64 * 1024 * 4  # 64 rows of float32 quotient per chunk
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    result = m * k + 4 * m  # the float8 output and the float32 scales
+    bound = result + chunk + 16 * 4 * m  # + one chunk's quotient + a few [M, 1] vectors
+    assert _transient_bytes(lambda t: quantize_activations(t, chunk_bytes=chunk), x) <= bound
+    assert _transient_bytes(lambda t: _unfused(t, True), x) > bound + 2 * m * k  # |x| and x/scale

@@ -11,18 +11,25 @@ nothing rebinds ``forward`` from outside. It computes in one of two ways:
   the fly to float8_e4m3fn with a dynamic scale (per token by default, or per tensor) and
   ``torch._scaled_mm`` multiplies them with the official float8 weight and its official float32
   scale (the weight is never requantized), accumulating in float32. Layers whose shape or device
-  cannot take it keep the weight-only path; that is decided once, when the mode is enabled.
+  cannot take it keep the weight-only path; that is decided once, when the mode is enabled, by
+  probing the product, per-token scaling and the fused bias separately: a device that refuses
+  per-token (row-wise) scales -- torch < 2.7 scales row-wise only on sm_90 -- gets per-tensor
+  scales, and one that refuses the fused bias gets the bias added after the product.
+  :func:`fp8_matmul_report` says what was chosen and why (the pipeline puts it in the output
+  metadata).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyvideo import compat
 from hyvideo.checkpoints.reading import CheckpointError
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -34,17 +41,36 @@ FUSED_BIAS_DTYPES = (torch.bfloat16, torch.float16)  # _scaled_mm adds a bias on
 MATMUL_ALIGNMENT = 16  # K and N of torch._scaled_mm must be multiples of this (cuBLASLt)
 
 
-def quantize_activations(x: torch.Tensor, per_token: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+QUANT_CHUNK_BYTES = 64 << 20  # float32 quotient per chunk of rows (bounds the transients)
+
+
+def quantize_activations(x: torch.Tensor, per_token: bool = True, *,
+                         chunk_bytes: int = QUANT_CHUNK_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
     """[M, K] -> (float8_e4m3fn [M, K], float32 scale [M, 1] or [1, 1]) with ``x ~= q * scale``.
 
     The scale is amax / 448 (per row, or over the whole tensor), so the largest magnitude lands
     on the top of the e4m3 range; an all-zero row (or tensor) gets scale 1 instead of 0.
+
+    Written as one pass it would hold |x| and the float32 quotient x / scale at full size: at
+    720p a single block's ``linear2`` input is [119k, 15360], a 7.3 GB quotient per call. So the
+    amax is a reduction (no |x| copy) and the quotient is formed ``chunk_bytes`` of rows at a
+    time, straight into the float8 result: the same arithmetic element by element.
     """
-    amax = x.abs().amax(dim=-1 if per_token else (-2, -1), keepdim=True).float()
+    m, k = x.shape
+    amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True)  # [M, 1] max |x| per row
+    if not per_token:
+        amax = amax.amax(dim=0, keepdim=True)  # [1, 1]
+    amax = amax.float()
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    # x / scale is float32 (a 2-D float32 scale promotes a bf16 x): no second rounding before
-    # e4m3. The clamp guards the top of the range against the rounding of amax / 448.
-    q = torch.div(x, scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
+    rows = max(1, chunk_bytes // (4 * max(k, 1)))
+    for start in range(0, m, rows):
+        part = slice(start, start + rows)
+        # x / scale is float32 (a 2-D float32 scale promotes a bf16 x): no second rounding
+        # before e4m3. The clamp guards the top of the range against the rounding of amax / 448.
+        quotient = torch.div(x[part], scale[part] if per_token else scale)
+        q[part] = quotient.clamp_(-FP8_MAX, FP8_MAX)  # the copy casts to e4m3, as .to() does
+        del quotient
     return q, scale
 
 
@@ -59,6 +85,8 @@ class FP8Linear(nn.Linear):
     matmul: bool = False
     activation_scale: str = "token"
     matmul_fallback: str | None = None
+    fuse_bias: bool = True  # False where the device refused torch._scaled_mm's fused bias
+    matmul_notes: tuple[str, ...] = ()  # what was changed from the request, and why
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> FP8Linear:
@@ -94,7 +122,7 @@ class FP8Linear(nn.Linear):
         if per_token:  # row-wise scaling wants the weight's scale per output column: [1, N]
             w_scale = w_scale.reshape(1, 1).expand(1, self.out_features).contiguous()
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        fuse_bias = bias is not None and x.dtype in FUSED_BIAS_DTYPES
+        fuse_bias = bias is not None and self.fuse_bias and x.dtype in FUSED_BIAS_DTYPES
         # mat2 must be column-major [K, N]: the transpose of the contiguous [N, K] weight.
         y = torch._scaled_mm(x_q, self.weight.t(), scale_a=x_scale, scale_b=w_scale,
                              bias=bias if fuse_bias else None, out_dtype=x.dtype)  # [M, N]
@@ -141,35 +169,76 @@ def set_fp8_scales(model: nn.Module, scales: Mapping[str, torch.Tensor], source:
 # --- float8 matrix products -----------------------------------------------------------------------
 
 @functools.cache
-def _scaled_mm_problem(device: torch.device, per_token: bool, dtype: torch.dtype) -> str | None:
-    """Why ``torch._scaled_mm`` cannot serve (device, scaling, out dtype); None when it can.
-
-    Runs one tiny product, with a fused bias where the forward fuses one, and checks its value.
-    """
+def _scaled_mm_problem(device: torch.device, per_token: bool, dtype: torch.dtype,
+                       with_bias: bool = False) -> str | None:
+    """Why ``torch._scaled_mm`` cannot serve (device, scaling, out dtype; with a fused bias when
+    ``with_bias``); None when it can. Runs one tiny product and checks its value."""
     if not hasattr(torch, "_scaled_mm"):
         return f"torch {torch.__version__} has no torch._scaled_mm"
     m, k, n = MATMUL_ALIGNMENT, 2 * MATMUL_ALIGNMENT, MATMUL_ALIGNMENT
+    what = "torch._scaled_mm" + (" with a fused bias" if with_bias else "")
+    scales = "per-token" if per_token else "per-tensor"
     try:
         a = torch.ones(m, k, device=device).to(FP8_DTYPE)
         b = torch.ones(n, k, device=device).to(FP8_DTYPE)
         ones = functools.partial(torch.ones, device=device, dtype=torch.float32)
         scale_a, scale_b = (ones(m, 1), ones(1, n)) if per_token else (ones(1, 1), ones(()))
-        bias = torch.ones(n, device=device, dtype=dtype) if dtype in FUSED_BIAS_DTYPES else None
+        bias = torch.ones(n, device=device, dtype=dtype) if with_bias else None
         out = torch._scaled_mm(a, b.t(), scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=dtype)
-        want = k + (bias is not None)
-        if out.shape != (m, n) or not bool((out.float() == want).all()):
-            return f"torch._scaled_mm gives wrong results on {device}"
+        if out.shape != (m, n) or not bool((out.float() == k + with_bias).all()):
+            return f"{what} gives wrong results on {device}"
     except (RuntimeError, TypeError, ValueError, NotImplementedError, AssertionError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return f"torch._scaled_mm does not run on {device} ({first_line[:160]})"
+        hint = ""
+        if per_token and not with_bias and compat.torch_version() < (2, 7):
+            hint = f"; torch {torch.__version__} scales row-wise only on sm_90 GPUs (2.7 adds others)"
+        return f"{what} does not run on {device} with {scales} scales ({first_line[:160]}){hint}"
     return None
+
+
+def clear_probes() -> None:
+    """Forget what the devices answered (for tests that change torch's behaviour)."""
+    _scaled_mm_problem.cache_clear()
+    matmul_plan.cache_clear()
 
 
 def fp8_matmul_supported(device: torch.device | str, activation_scale: str = "token",
                          dtype: torch.dtype = torch.bfloat16) -> bool:
-    """Whether float8 matmul runs on ``device`` (one tiny ``torch._scaled_mm``, tried once)."""
+    """Whether float8 matmul runs on ``device`` with these scales (one tiny product, tried once)."""
     _check_activation_scale(activation_scale)
     return _scaled_mm_problem(torch.device(device), activation_scale == "token", dtype) is None
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    """What a device gives for a requested activation scale: the scale used (None: no float8
+    product at all, ``problem`` says why), whether the bias is fused, and notes on changes."""
+
+    activation_scale: str | None
+    fuse_bias: bool
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@functools.cache
+def matmul_plan(device: torch.device, activation_scale: str, dtype: torch.dtype) -> MatmulPlan:
+    """Probe the product, the scaling and the fused bias separately: a refused per-token scale
+    falls back to per-tensor scales and a refused bias fusion to adding the bias after; only a
+    refused product itself leaves the layers weight-only."""
+    scale, notes = activation_scale, []
+    problem = _scaled_mm_problem(device, scale == "token", dtype)
+    if problem is not None and scale == "token" and _scaled_mm_problem(device, False, dtype) is None:
+        notes.append(f"per-tensor activation scales instead of per-token: {problem}")
+        scale, problem = "tensor", None
+    if problem is not None:
+        return MatmulPlan(None, False, problem)
+    fuse = dtype in FUSED_BIAS_DTYPES
+    if fuse:
+        bias_problem = _scaled_mm_problem(device, scale == "token", dtype, with_bias=True)
+        if bias_problem is not None:
+            fuse = False
+            notes.append(f"bias added after the product: {bias_problem}")
+    return MatmulPlan(scale, fuse, None, tuple(notes))
 
 
 def _check_activation_scale(activation_scale: str) -> None:
@@ -206,9 +275,10 @@ def enable_fp8_matmul(model: nn.Module, activation_scale: str = "token", *,
     ``activation_scale``: "token" (one dynamic scale per row of the input, the default) or
     "tensor" (one for the whole input). ``device`` is where the layers will run (default: where
     their weights are; give it when the model is offloaded to the CPU between uses) and ``dtype``
-    the precision they compute in (default: their biases' dtype). The device is probed once; a
-    layer whose shape it cannot take, or every layer on a device without float8 matmul, keeps the
-    weight-only path, with the reason in ``layer.matmul_fallback`` (see :func:`fp8_matmul_summary`).
+    the precision they compute in (default: their biases' dtype). The device is probed once
+    (:func:`matmul_plan`); a layer whose shape it cannot take, or every layer on a device without
+    float8 matmul, keeps the weight-only path, with the reason in ``layer.matmul_fallback`` (see
+    :func:`fp8_matmul_report`).
     """
     _check_activation_scale(activation_scale)
     layers = _fp8_layers(model)
@@ -222,8 +292,11 @@ def enable_fp8_matmul(model: nn.Module, activation_scale: str = "token", *,
         if where.type == "meta":
             raise ValueError("enable fp8 matmul after the weights are loaded (they are on the meta "
                              "device), or pass the device the model will run on")
-        problem = _shape_problem(layer) or _scaled_mm_problem(where, activation_scale == "token", dtype)
-        layer.matmul, layer.activation_scale, layer.matmul_fallback = problem is None, activation_scale, problem
+        plan = matmul_plan(where, activation_scale, dtype)
+        problem = _shape_problem(layer) or plan.problem
+        layer.matmul, layer.matmul_fallback = problem is None, problem
+        layer.activation_scale = plan.activation_scale or activation_scale
+        layer.fuse_bias, layer.matmul_notes = plan.fuse_bias, plan.notes
         if problem is None:
             used.append(name)
     return used
@@ -232,7 +305,30 @@ def enable_fp8_matmul(model: nn.Module, activation_scale: str = "token", *,
 def disable_fp8_matmul(model: nn.Module) -> None:
     """Back to the weight-only path in every FP8 layer."""
     for layer in _fp8_layers(model).values():
-        layer.matmul, layer.matmul_fallback = False, None
+        layer.matmul, layer.matmul_fallback, layer.matmul_notes = False, None, ()
+
+
+def fp8_matmul_report(model: nn.Module) -> dict | None:
+    """What float8 matmul does in ``model`` (None when it was never enabled): layer counts, the
+    activation scales and bias handling in use, and why any layer or option fell back. The
+    pipeline adds it to every result's metadata, so a fallback is visible in the output."""
+    layers = _fp8_layers(model)
+    if not any(m.matmul or m.matmul_fallback for m in layers.values()):
+        return None
+    used = [m for m in layers.values() if m.matmul]
+    weight_only: dict[str, int] = {}
+    for m in layers.values():
+        if not m.matmul:
+            reason = m.matmul_fallback or "not enabled"
+            weight_only[reason] = weight_only.get(reason, 0) + 1
+    return {
+        "layers": len(layers),
+        "float8_layers": len(used),
+        "activation_scales": sorted({m.activation_scale for m in used}),
+        "bias": sorted({"fused" if m.fuse_bias else "added after" for m in used if m.bias is not None}),
+        "weight_only": weight_only,
+        "notes": sorted({note for m in used for note in m.matmul_notes}),
+    }
 
 
 def fp8_matmul_summary(model: nn.Module) -> str:
@@ -249,4 +345,6 @@ def fp8_matmul_summary(model: nn.Module) -> str:
             reasons.setdefault(m.matmul_fallback or "not enabled", []).append(name)
     for reason, names in reasons.items():
         text += f"; weight-only in {len(names)} ({reason}; e.g. {names[0]})"
+    for note in sorted({note for m in used for note in m.matmul_notes}):
+        text += f"; {note}"
     return text

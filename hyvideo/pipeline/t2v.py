@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from hyvideo.dit.fp8 import fp8_matmul_report
 from hyvideo.pipeline.denoise import StepCache, denoise
 from hyvideo.pipeline.execution import Execution
 from hyvideo.pipeline.geometry import Geometry
@@ -133,8 +134,13 @@ class HunyuanVideoPipeline:
         return draw_noise((self.dit.config.out_channels, *latent_thw), seeds, self.device, dtype)
 
     def run_metadata(self) -> dict:
-        """What the last generation's runtime options did (the step cache's skipped steps)."""
-        return {"cache": self.step_cache.metadata()} if self.step_cache is not None else {}
+        """What the last generation's runtime options did (the step cache's skipped steps; what
+        float8 matmul runs and any fallback it took)."""
+        meta = {"cache": self.step_cache.metadata()} if self.step_cache is not None else {}
+        fp8_matmul = fp8_matmul_report(self.dit)
+        if fp8_matmul is not None:
+            meta["fp8_matmul"] = fp8_matmul
+        return meta
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, emit: ProgressCallback | None = None,
