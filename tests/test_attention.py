@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hyvideo import compat
 from hyvideo.dit.attention import (
     AttentionGroups,
     attention,
     check_backend,
+    cudnn_priority_available,
     flash3_available,
     flash_available,
+    flex_available,
     group_block_mask,
     group_mask,
     resolve_backend,
@@ -18,6 +21,8 @@ from hyvideo.dit.attention import (
 )
 from hyvideo.dit.model import HYVideoDiffusionTransformer
 from tests.dit_utils import random_dit, random_inputs, tiny_config
+
+NEEDS_FLEX = pytest.mark.skipif(not flex_available(), reason=str(compat.flex_block_mask_problem()))
 
 
 def _qkv(b=3, s=23, h=2, d=8, seed=0):
@@ -39,7 +44,7 @@ def _explicit(q, k, v, first_lens):
 
 
 @pytest.mark.parametrize("first_lens", [(23, 23, 23), (15, 20, 23), (12, 12, 17)])
-@pytest.mark.parametrize("backend", ["sdpa", "torch", "auto", "flex"])
+@pytest.mark.parametrize("backend", ["sdpa", "torch", "auto", pytest.param("flex", marks=NEEDS_FLEX)])
 def test_grouped_attention_matches_explicit_softmax(first_lens, backend):
     q, k, v = _qkv()
     groups = AttentionGroups(first_lens, 23)
@@ -114,6 +119,7 @@ def test_dit_sdpa_equals_explicit_backend_on_padded_batch():
         torch.testing.assert_close(sdpa(*inputs), ref(*inputs), atol=2e-5, rtol=2e-5)
 
 
+@NEEDS_FLEX
 @pytest.mark.parametrize("first_lens,seq_len", [((300, 260), 300), ((250, 129, 1), 300), ((128, 256), 256)])
 def test_flex_block_mask_is_the_group_mask(first_lens, seq_len):
     """Full blocks, skipped blocks and element-wise masked blocks together give exactly the
@@ -221,17 +227,18 @@ def test_missing_sage_is_an_error_not_a_fallback():
         HYVideoDiffusionTransformer(tiny_config(), attention_backend="sage", device="meta")
 
 
-GPU = torch.accelerator.is_available()
+GPU = compat.accelerator_type() is not None
 
 
 @pytest.mark.skipif(not GPU, reason="needs an accelerator")
 @pytest.mark.parametrize("backend", ["flash", "flash3", "cudnn", "flex", "sage", "auto"])
 @pytest.mark.parametrize("first_lens", [(64, 64), (40, 64)])
 def test_gpu_backends_match_sdpa(backend, first_lens):
-    available = {"flash": flash_available, "flash3": flash3_available, "sage": sage_available}
+    available = {"flash": flash_available, "flash3": flash3_available, "sage": sage_available,
+                 "flex": flex_available, "cudnn": cudnn_priority_available}
     if backend in available and not available[backend]():
         pytest.skip(f"{backend} is not installed")
-    device = torch.accelerator.current_accelerator()
+    device = compat.current_device()
     q, k, v = (t.to(device, torch.float16) for t in _qkv(b=2, s=64, h=2, d=64))
     groups = AttentionGroups(first_lens, 64)
     tol = 3e-2 if backend == "sage" else 2e-3  # sage quantizes q and k to int8
