@@ -79,10 +79,9 @@ def _runner(which, model, args):
 
 
 def _sync(device: str) -> None:
-    import torch
+    from hyvideo import compat
 
-    if device != "cpu":
-        torch.accelerator.synchronize()
+    compat.synchronize(device)  # no-op on the CPU
 
 
 def _dtypes():
@@ -142,6 +141,8 @@ def memory_worker(which: str, cfg: dict, inp: dict, device: str, dtype_name: str
     """One model alone: peak memory of a forward over the weights + inputs baseline."""
     import torch
 
+    from hyvideo import compat
+
     dtype = _dtypes()[dtype_name]
     ours, theirs = _build_pair(cfg, dtype, device, which == "diffusers")
     model = ours if which == "ours" else theirs
@@ -152,14 +153,14 @@ def memory_worker(which: str, cfg: dict, inp: dict, device: str, dtype_name: str
         run()  # warm-up
         _sync(device)
         if device != "cpu":
-            torch.accelerator.reset_peak_memory_stats()
-            base = torch.accelerator.memory_allocated()
+            compat.reset_peak_memory_stats(device)
+            base = compat.memory_allocated(device)
         sampler = RssSampler().start()
         run()
         _sync(device)
         sampler.stop()
     if device != "cpu":
-        peak = torch.accelerator.max_memory_allocated()
+        peak = compat.max_memory_allocated(device)
         return {"peak_mib": peak / 2**20, "forward_mib": (peak - base) / 2**20}
     return {"peak_mib": sampler.peak_growth_mib, "forward_mib": sampler.peak_growth_mib}
 

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hyvideo import compat
 from hyvideo.dit.config import DiTConfig
 from hyvideo.dit.loader import build_dit
 from hyvideo.runtime.offload import MODES, OffloadConfig, offload_components
@@ -71,19 +72,19 @@ def main() -> None:
         for mode in args.modes:  # round-robin: machine noise spreads over every mode alike
             dit, inputs = build(args)
             if accelerator:
-                torch.accelerator.synchronize()
-                torch.accelerator.reset_peak_memory_stats()
-                base = torch.accelerator.memory_allocated()
+                compat.synchronize(device)
+                compat.reset_peak_memory_stats(device)
+                base = compat.memory_allocated(device)
             offload = offload_components({"dit": dit}, device, OffloadConfig(mode, args.blocks))
             with offload.use("dit"), torch.inference_mode():
                 start = time.perf_counter()
                 out = dit(*inputs)
                 if accelerator:
-                    torch.accelerator.synchronize()
+                    compat.synchronize(device)
                 times[mode].append(time.perf_counter() - start)
                 outputs[mode] = out.float().cpu()
             if accelerator:
-                peaks[mode] = torch.accelerator.max_memory_allocated() - base
+                peaks[mode] = compat.max_memory_allocated(device) - base
             offload.close()
             del dit, offload
     base_time = statistics.median(times[args.modes[0]])

@@ -29,6 +29,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hyvideo import compat  # noqa: E402
 from hyvideo.dit.config import DiTConfig  # noqa: E402
 from hyvideo.dit.loader import build_dit  # noqa: E402
 from hyvideo.pipeline.denoise import call_dit  # noqa: E402
@@ -61,8 +62,8 @@ def main() -> int:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"{torch.accelerator.current_accelerator().type}:{local}") \
-        if torch.accelerator.is_available() else torch.device("cpu")
+    acc = compat.accelerator_type()
+    device = torch.device(acc, local) if acc is not None else torch.device("cpu")
     if args.full:
         cfg = load_variant("HYVideo-T/2-cfgdistill").dit
         latent, dtype, n_txt = (16, 33, 90, 160), torch.bfloat16, 256
@@ -97,8 +98,7 @@ def main() -> int:
                     dist.barrier()
                 start = time.perf_counter()
                 model(single, x, t, states, mask, pooled, guidance)
-                if device.type != "cpu":
-                    torch.accelerator.synchronize()
+                compat.synchronize(device)  # no-op on the CPU
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
 

@@ -17,7 +17,7 @@ difference of the final latents and of the decoded frames.
 Stages, timed separately for each pipeline: text encoding (both encoders), every denoising step
 (the first reported on its own: it pays one-off costs), VAE decode (with the same tiling).
 Memory per stage is the peak above the memory held when the run starts (all weights): on an
-accelerator ``torch.accelerator.max_memory_allocated`` after ``reset_peak_memory_stats``; on the
+accelerator ``max_memory_allocated`` after ``reset_peak_memory_stats`` (hyvideo.compat); on the
 CPU the resident set size sampled every millisecond by a thread, with glibc's mmap threshold
 fixed at 64 KiB so that freed tensors go back to the OS and RSS follows the live tensors
 (tracemalloc does not see torch's allocations; ru_maxrss cannot be reset between stages).
@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from hyvideo import compat
 from hyvideo.dit.config import DiTConfig
 from hyvideo.pipeline.variants import SamplingDefaults, variant_spec
 from hyvideo.runtime.flops import dit_forward_flops
@@ -358,21 +359,21 @@ class RssMeter:
 
 
 class AcceleratorMeter:
-    """Accelerator: peak allocated bytes above the start, per stage (torch.accelerator API)."""
+    """Accelerator: peak allocated bytes above the start, per stage (the allocator's counters)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.base = 0
 
     def start(self) -> None:
-        torch.accelerator.synchronize(self.device)
-        self.base = torch.accelerator.memory_allocated(self.device)
-        torch.accelerator.reset_peak_memory_stats(self.device)
+        compat.synchronize(self.device)
+        self.base = compat.memory_allocated(self.device) or 0
+        compat.reset_peak_memory_stats(self.device)
 
     def mark(self) -> int:
-        torch.accelerator.synchronize(self.device)
-        peak = torch.accelerator.max_memory_allocated(self.device)
-        torch.accelerator.reset_peak_memory_stats(self.device)
+        compat.synchronize(self.device)
+        peak = compat.max_memory_allocated(self.device) or 0
+        compat.reset_peak_memory_stats(self.device)
         return peak - self.base
 
     def stop(self) -> None:
@@ -398,8 +399,7 @@ class StageClock:
         self._t = time.perf_counter()
 
     def lap(self, stage: str) -> None:
-        if self.device.type != "cpu":
-            torch.accelerator.synchronize(self.device)
+        compat.synchronize(self.device)  # no-op on the CPU
         now = time.perf_counter()
         self.laps.append((stage, now - self._t, self.meter.mark()))
         self._t = time.perf_counter()  # the memory read is not charged to the next stage
