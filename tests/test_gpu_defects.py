@@ -4,6 +4,8 @@ timeout, a refused bias fusion, the transients of activation quantisation."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -208,3 +210,108 @@ def test_chunked_quantisation_bounds_the_transients():
     bound = result + chunk + 16 * 4 * m  # + one chunk's quotient + a few [M, 1] vectors
     assert _transient_bytes(lambda t: quantize_activations(t, chunk_bytes=chunk), x) <= bound
     assert _transient_bytes(lambda t: _unfused(t, True), x) > bound + 2 * m * k  # |x| and x/scale
+
+
+# ---- 4. pinned host memory: one arena in power-of-two chunks, not one rounded block each --------
+
+def _full_size_block_bytes(dtype=torch.bfloat16) -> list[int]:
+    """Packed bytes of each of the released DiT's 60 blocks (built on the meta device)."""
+    from hyvideo.dit.loader import build_dit
+    from hyvideo.pipeline.variants import load_variant
+    from hyvideo.runtime.offload.arena import aligned
+    from hyvideo.runtime.offload.block_swap import transformer_blocks
+
+    dit = build_dit(load_variant("HYVideo-T/2-cfgdistill").dit, dtype=dtype, device="meta")
+    return [sum(aligned(t.numel() * t.element_size()) for t in (*b.parameters(), *b.buffers()))
+            for b in transformer_blocks(dit)]
+
+
+def test_pinned_plan_of_the_real_blocks_wastes_little():
+    """bf16 DiT blocks: ~24 GiB of weights. Pinned one by one they take ~39 GiB (a 648 MiB double
+    block rounds to 1 GiB); in power-of-two chunks under 1.06x the weights."""
+    from hyvideo.runtime.offload.arena import plan_chunks, pow2_ceil
+
+    sizes = _full_size_block_bytes()
+    weights = sum(sizes)
+    per_block = sum(pow2_ceil(s) for s in sizes)
+    chunks, places = plan_chunks(sizes, pinned=True)
+    assert all(c == pow2_ceil(c) for c in chunks)  # the allocator's rounding is already paid
+    assert per_block > 1.5 * weights and sum(chunks) < 1.06 * weights, (per_block, sum(chunks), weights)
+    for i, (chunk, offset) in enumerate(places):  # every block inside its chunk, none overlapping
+        assert offset + sizes[i] <= chunks[chunk]
+    spans = sorted((c, off, off + sizes[i]) for i, (c, off) in enumerate(places))
+    assert all(a[0] != b[0] or a[2] <= b[1] for a, b in itertools.pairwise(spans))
+    unpinned, _ = plan_chunks(sizes, pinned=False)
+    assert unpinned == [weights]
+
+
+@pytest.fixture
+def allocations(monkeypatch):
+    """Host allocations the offload engines make, as (bytes, pinned); pinning is not available
+    on a CPU-only torch, so the buffers are ordinary ones."""
+    from hyvideo.runtime.offload import arena
+
+    made = []
+
+    def allocate(nbytes, pinned):
+        made.append((nbytes, pinned))
+        return torch.empty(nbytes, dtype=torch.uint8)
+
+    monkeypatch.setattr(arena, "_allocate", allocate)
+    return made
+
+
+def _tiny_dit_and_reference():
+    from tests.dit_utils import random_dit, random_inputs, tiny_config
+
+    dit = random_dit(tiny_config(mm_double_blocks_depth=3, mm_single_blocks_depth=4)).eval()
+    inputs = random_inputs(dit.config)
+    with torch.inference_mode():
+        reference = dit(*inputs)
+    return dit, inputs, reference
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_block_swap_packs_every_block_into_one_arena(allocations, monkeypatch, pinned):
+    from hyvideo import compat
+    from hyvideo.runtime.offload.arena import pow2_ceil
+    from hyvideo.runtime.offload.block_swap import BlockSwap, SyncCopies, transformer_blocks
+
+    dit, inputs, reference = _tiny_dit_and_reference()
+    blocks = transformer_blocks(dit)
+    before = [[t.clone() for t in b.state_dict().values()] for b in blocks]
+    monkeypatch.setattr(compat, "is_accelerator", lambda device: pinned)  # pin as on a GPU
+    swap = BlockSwap(blocks, torch.device("cpu"), 2, copies=SyncCopies())
+    sizes = [layout.nbytes for layout in swap.layouts]
+    if pinned:  # power-of-two chunks: what the pinned allocator takes is what was asked for
+        assert all(p and n == pow2_ceil(n) for n, p in allocations) and len(allocations) <= 3
+        assert sum(n for n, _ in allocations) < 2 * sum(sizes)
+    else:
+        assert allocations == [(sum(sizes), False)]  # one allocation, exactly the packed blocks
+    chunks = {c.data_ptr(): c for c in swap.arena.chunks}
+    for block, saved in zip(blocks, before):
+        now = list(block.state_dict().values())
+        assert all(torch.equal(a, b) for a, b in zip(now, saved))  # bit-identical views
+        for t in now:  # ... inside the arena
+            assert any(p <= t.data_ptr() < p + c.numel() for p, c in chunks.items())
+    swap.trace = []
+    with swap.active(), torch.inference_mode():
+        assert torch.equal(dit(*inputs), reference)
+    assert max(len(e[2]) for e in swap.trace if e[0] == "run") == 2  # residency unchanged: K
+
+
+def test_sequential_pins_one_arena_not_each_tensor(allocations, monkeypatch):
+    from hyvideo import compat
+    from hyvideo.runtime.offload.arena import aligned, pow2_ceil
+    from hyvideo.runtime.offload.modes import SequentialOffload
+
+    dit, inputs, reference = _tiny_dit_and_reference()
+    sizes = [t.numel() * t.element_size() for t in (*dit.parameters(), *dit.buffers())]
+    monkeypatch.setattr(compat, "is_accelerator", lambda device: True)
+    offload = SequentialOffload({"dit": dit}, torch.device("cpu"))
+    assert len(allocations) <= 4 and all(p and n == pow2_ceil(n) for n, p in allocations)  # 160 tensors
+    assert sum(n for n, _ in allocations) < 1.16 * sum(aligned(s) for s in sizes)  # 1.18x one by one
+    chunks = [(c.data_ptr(), c.numel()) for c in offload.arena.chunks]
+    assert all(any(p <= t.data_ptr() < p + n for p, n in chunks) for t in dit.parameters())
+    with offload.use("dit"), torch.inference_mode():
+        assert torch.equal(dit(*inputs), reference)

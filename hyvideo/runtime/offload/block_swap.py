@@ -1,5 +1,6 @@
 """``--offload blocks``: the block swap engine (K device slots, side-stream prefetch from pinned
-CPU memory; see :mod:`hyvideo.runtime.offload.config`)."""
+CPU memory -- one host arena for all blocks, :mod:`~hyvideo.runtime.offload.arena`; see
+:mod:`hyvideo.runtime.offload.config`)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,13 @@ from functools import partial
 import torch
 from torch import nn
 
-from hyvideo.runtime.offload.modes import (
-    ModelOffload,
-    empty_cache,
-    get_tensor,
-    is_accelerator,
-    own_tensors,
-    set_tensor,
-)
+from hyvideo import compat
+from hyvideo.runtime.offload.arena import HostArena, aligned
+from hyvideo.runtime.offload.modes import ModelOffload, get_tensor, own_tensors, set_tensor
 
 log = logging.getLogger(__name__)
 
 _CPU = torch.device("cpu")
-_ALIGN = 512  # bytes; every tensor in a packed block buffer starts at a multiple of this
 
 
 @dataclass
@@ -73,22 +68,48 @@ def _block_entries(block: nn.Module) -> list[tuple[nn.Module, str, bool]]:
     return entries
 
 
-def pack_block(block: nn.Module, pin_memory: bool) -> BlockLayout:
-    """Copy every tensor of ``block`` into one (pinned) CPU buffer and point the block at it."""
+def _plan(block: nn.Module) -> tuple[list, list[torch.Tensor], list[int], int]:
+    """A block's entries, their tensors, each one's offset in a packed buffer, and its size."""
     entries = _block_entries(block)
     tensors = [get_tensor(m, n, p) for m, n, p in entries]
     offsets, total = [], 0
     for t in tensors:
         offsets.append(total)
-        total += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+        total += aligned(t.numel() * t.element_size())
+    return entries, tensors, offsets, total
+
+
+def _fill(entries, tensors: list[torch.Tensor], offsets: list[int], home: torch.Tensor) -> BlockLayout:
+    """Copy the tensors into ``home`` (uint8, exactly their packed size) and point the block at it."""
     with torch.inference_mode(False), torch.no_grad():
-        home = torch.empty(total, dtype=torch.uint8, pin_memory=pin_memory)
         layout = BlockLayout(entries, offsets, home)
         layout.views = [_view(home, off, t.dtype, t.shape) for off, t in zip(offsets, tensors)]
         for view, t in zip(layout.views, tensors):
-            view.copy_(t)
+            if view.data_ptr() != t.data_ptr():
+                view.copy_(t)
     layout.point_home()
     return layout
+
+
+def pack_blocks(blocks: Sequence[nn.Module], pin_memory: bool) -> tuple[list[BlockLayout], HostArena]:
+    """Copy every block's tensors into one host arena (a few power-of-two chunks when pinned:
+    :mod:`~hyvideo.runtime.offload.arena`) and point each block at its views."""
+    plans = [_plan(b) for b in blocks]
+    arena = HostArena([total for *_, total in plans], pinned=pin_memory)
+    layouts = [_fill(entries, tensors, offsets, arena.region(i))
+               for i, (entries, tensors, offsets, _) in enumerate(plans)]
+    return layouts, arena
+
+
+def repack_block(block: nn.Module, old: BlockLayout, pin_memory: bool) -> BlockLayout:
+    """``block`` again, after some of its tensors were replaced (LoRA, reload): into its old
+    region when the packing is unchanged, else into a buffer of its own."""
+    entries, tensors, offsets, total = _plan(block)
+    same = offsets == old.offsets and [(t.dtype, t.shape) for t in tensors] == [(v.dtype, v.shape) for v in old.views]
+    if same and total == old.nbytes:
+        return _fill(entries, tensors, offsets, old.home)
+    log.info("block swap: a block's tensors changed shape; it gets a host buffer of its own")
+    return _fill(entries, tensors, offsets, HostArena([total], pinned=pin_memory).region(0))
 
 
 class SyncCopies:
@@ -115,28 +136,28 @@ class StreamCopies:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.stream = torch.Stream(device=device)
+        self.stream = compat.new_stream(device)
 
-    def _compute(self) -> torch.Stream:
-        return torch.accelerator.current_stream(self.device)
+    def _compute(self):
+        return compat.current_stream(self.device)
 
     def start(self) -> None:
         # Fresh slots may reuse memory that kernels already queued on the compute stream still
         # read: the side stream must not write before those finish.
         self.stream.wait_stream(self._compute())
 
-    def copy(self, dst: torch.Tensor, src: torch.Tensor, after=None) -> torch.Event:
+    def copy(self, dst: torch.Tensor, src: torch.Tensor, after=None):
         if after is not None:  # the slot's previous block has finished on the compute stream
             self.stream.wait_event(after)
-        with self.stream:
+        with compat.stream_context(self.stream):
             dst.copy_(src, non_blocking=True)
         return self.stream.record_event()
 
-    def wait(self, ready: torch.Event | None) -> None:
+    def wait(self, ready) -> None:
         if ready is not None:
             self._compute().wait_event(ready)
 
-    def done(self) -> torch.Event:
+    def done(self):
         return self._compute().record_event()
 
     def join(self) -> None:
@@ -144,7 +165,7 @@ class StreamCopies:
 
 
 def copy_engine(device: torch.device) -> SyncCopies | StreamCopies:
-    if not is_accelerator(device):
+    if not compat.is_accelerator(device):
         return SyncCopies()
     try:
         return StreamCopies(device)
@@ -168,8 +189,8 @@ class BlockSwap:
         self.blocks = list(blocks)
         self.device = torch.device(device)
         self.k = min(blocks_on_device, len(self.blocks))
-        self.pin = pin_memory and is_accelerator(self.device)
-        self.layouts = [pack_block(b, self.pin) for b in self.blocks]
+        self.pin = pin_memory and compat.is_accelerator(self.device)
+        self.layouts, self.arena = pack_blocks(self.blocks, self.pin)
         self.copies = copies if copies is not None else copy_engine(self.device)
         self.trace: list[tuple] | None = None
         self._slots: list[torch.Tensor] | None = None
@@ -193,7 +214,7 @@ class BlockSwap:
                                "entering another")
         for i, block in enumerate(self.blocks):
             if not self.layouts[i].matches(block):  # weights replaced since (LoRA, reload)
-                self.layouts[i] = pack_block(block, self.pin)
+                self.layouts[i] = repack_block(block, self.layouts[i], self.pin)
         size = max(layout.nbytes for layout in self.layouts)
         with torch.inference_mode(False):
             self._slots = [torch.empty(size, dtype=torch.uint8, device=self.device) for _ in range(self.k)]
@@ -322,7 +343,7 @@ class BlockSwapOffload(ModelOffload):
                 yield
         finally:
             self._move(name, _CPU)
-            empty_cache(self.device)
+            compat.empty_cache(self.device)
 
     def close(self) -> None:
         for swap in self.swaps.values():

@@ -11,16 +11,16 @@ from functools import partial
 import torch
 from torch import nn
 
+from hyvideo import compat
+from hyvideo.runtime.offload.arena import HostArena
 from hyvideo.runtime.offload.config import OffloadConfig
 
 _CPU = torch.device("cpu")
 
 
 def is_accelerator(device: torch.device) -> bool:
-    """Whether ``device`` is the current accelerator (where pinning and streams apply)."""
-    if device.type in ("cpu", "meta") or not torch.accelerator.is_available():
-        return False
-    return torch.accelerator.current_accelerator().type == device.type
+    """Whether ``device`` is this machine's accelerator (where pinning and streams apply)."""
+    return compat.is_accelerator(device)
 
 
 def component_modules(component) -> list[nn.Module]:
@@ -68,8 +68,28 @@ def to_device(obj, device: torch.device):
 
 
 def empty_cache(device: torch.device) -> None:
-    if is_accelerator(device):
-        torch.accelerator.empty_cache()
+    compat.empty_cache(device)
+
+
+def pack_host(roots: list[nn.Module], pinned: bool) -> HostArena:
+    """Copy every tensor of ``roots`` into one host arena (a few power-of-two chunks when pinned,
+    :mod:`~hyvideo.runtime.offload.arena`) and point each module at its view; a tensor shared by
+    several modules is packed once."""
+    entries = [(m, n, p) for root in roots for m in root.modules() for n, p in own_tensors(m)]
+    index: dict[int, int] = {}
+    tensors: list[torch.Tensor] = []
+    for m, n, p in entries:
+        if id(getattr(m, n)) not in index:
+            index[id(getattr(m, n))] = len(tensors)
+            tensors.append(get_tensor(m, n, p))
+    arena = HostArena([t.numel() * t.element_size() for t in tensors], pinned=pinned)
+    with torch.inference_mode(False), torch.no_grad():
+        views = [arena.region(i).view(t.dtype).view(t.shape) for i, t in enumerate(tensors)]
+        for view, t in zip(views, tensors):
+            view.copy_(t)
+    for m, n, p in entries:
+        set_tensor(m, n, p, views[index[id(getattr(m, n))]])
+    return arena
 
 
 # ---- none and model -----------------------------------------------------------------------------
@@ -141,14 +161,12 @@ class SequentialOffload:
         self._handles: list = []
         self._homes: dict[nn.Module, list[torch.Tensor]] = {}
         self.resident = self.max_resident = 0
-        with torch.no_grad():
-            for component in components.values():
-                for root in component_modules(component):
-                    root.to(_CPU)
-                    if self.pin:
-                        for module in root.modules():
-                            for name, is_param in own_tensors(module):
-                                set_tensor(module, name, is_param, get_tensor(module, name, is_param).pin_memory())
+        roots = [root for component in components.values() for root in component_modules(component)]
+        for root in roots:
+            root.to(_CPU)
+        # Pinned tensor by tensor, each would be rounded up to a power of two (~49 GiB for the
+        # bf16 DiT and text encoders): one arena instead.
+        self.arena = pack_host(roots, pinned=True) if self.pin else None
 
     def _copy(self, home: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":  # a separate copy, so that the bookkeeping is real
