@@ -10,6 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hyvideo import compat
 from hyvideo.apps.cli import offload_config
 from hyvideo.runtime.offload import MODES, OffloadConfig, offload_components
 from hyvideo.runtime.offload.modes import SequentialOffload
@@ -309,23 +310,23 @@ def test_pipeline_modes_are_bit_identical(tiny_pipeline):
         assert torch.equal(result.videos, reference.videos), config.mode
 
 
-@pytest.mark.skipif(not torch.accelerator.is_available(), reason="needs an accelerator")
+@pytest.mark.skipif(compat.accelerator_type() is None, reason="needs an accelerator")
 def test_accelerator_block_swap_equal_and_lighter():
-    device = torch.device(torch.accelerator.current_accelerator())
+    device = compat.current_device()
     config = dataclasses.replace(CONFIG, hidden_size=512, heads_num=8, rope_dim_list=(16, 24, 24),
                                  mm_double_blocks_depth=6, mm_single_blocks_depth=10)
     inputs = [t.to(device) if t is not None else None for t in random_inputs(config, thw=(2, 4, 4))]
 
     def run(mode):
         dit = random_dit(config)  # on the CPU
-        torch.accelerator.synchronize()
-        torch.accelerator.reset_peak_memory_stats()
-        base = torch.accelerator.memory_allocated()
+        compat.synchronize(device)
+        compat.reset_peak_memory_stats(device)
+        base = compat.memory_allocated(device)
         offload = offload_components({"dit": dit}, device, OffloadConfig(mode, 2))
         with offload.use("dit"):
             out = [o.cpu() for o in _two_steps(dit, inputs)]
-        torch.accelerator.synchronize()
-        peak = torch.accelerator.max_memory_allocated() - base
+        compat.synchronize(device)
+        peak = compat.max_memory_allocated(device) - base
         offload.close()
         return out, peak
 
