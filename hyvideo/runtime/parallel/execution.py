@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from hyvideo import compat
 from hyvideo.pipeline.execution import Execution
 from hyvideo.runtime.parallel.attention import TokenSplit
 from hyvideo.runtime.parallel.groups import ParallelState
@@ -92,9 +93,8 @@ class ParallelExecution(Execution):
         mine = dit(x[rows], t[rows], states[rows], mask[rows], pooled[rows],
                    None if guidance is None else guidance[rows], step_cache=step_cache,
                    token_split=self.token_split, **{k: _rows(v, rows, x.shape[0]) for k, v in dit_kwargs.items()})
-        parts = [torch.empty_like(mine) for _ in range(2)]
-        dist.all_gather(parts, mine.contiguous(), group=self.state.cfg_group)
-        return torch.cat(parts)  # [negative; positive], as the sequential batch
+        # [negative; positive], as the sequential batch
+        return torch.cat(compat.all_gather(mine, self.state.cfg_group))
 
     def decode(self, vae, z: torch.Tensor, tiling: bool) -> torch.Tensor | None:
         if self.state.world_size == 1:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hyvideo import compat
 from hyvideo.runtime.parallel.config import ParallelConfig
 
 
@@ -51,8 +52,8 @@ def init_parallel(cfg: ParallelConfig, device: torch.device, timeout_s: float = 
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     if device.type != "cpu":
-        torch.accelerator.set_device_index(device.index if device.index is not None else
-                                           rank % torch.accelerator.device_count())
+        compat.set_device_index(device.index if device.index is not None else
+                                rank % compat.device_count())
     set_seq_parallel_pg(cfg.ulysses_degree, cfg.ring_degree, rank, world)
     p = cfg.sp_degree
     sp_group = cfg_group = None
