@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from hyvideo import compat
 from hyvideo.dit.attention import AttentionGroups, attention
 from hyvideo.runtime.parallel.config import ParallelError
 from hyvideo.runtime.parallel.groups import ParallelState
@@ -42,9 +43,7 @@ class TokenSplit:
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N/P, C] on every rank -> [B, N, C] on every rank (rank order)."""
-        parts = [torch.empty_like(tokens) for _ in range(self.parts)]
-        dist.all_gather(parts, tokens.contiguous(), group=self.group)
-        return torch.cat(parts, dim=1)
+        return torch.cat(compat.all_gather(tokens, self.group), dim=1)
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -119,9 +118,7 @@ class SequenceParallelAttention:
         img_out, txt_out = out[:, :img[0].shape[1]], out[:, img[0].shape[1]:]
         if self.u_size > 1:
             img_out = SeqAllToAll4D.apply(self.ulysses, img_out.contiguous(), 1, 2, False)
-            parts = [torch.empty_like(txt_out) for _ in range(self.u_size)]
-            dist.all_gather(parts, txt_out.contiguous(), group=self.ulysses)
-            txt_out = torch.cat(parts, dim=2)  # heads back in Ulysses rank order
+            txt_out = torch.cat(compat.all_gather(txt_out, self.ulysses), dim=2)  # heads in rank order
         pad = q[:, n_local + n_text:]  # padding queries: their own group, as in varlen
         pad_out = [attention(pad, k[:, n_local + n_text:], v[:, n_local + n_text:])
                    .unflatten(-1, (h, -1))] if pad.shape[1] else []
