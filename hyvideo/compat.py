@@ -48,6 +48,9 @@ __all__ = [
 
 MIN_TORCH = (2, 4)  # keep equal to the torch floor in pyproject.toml (a packaging test checks)
 FLEX_SEQ_LENGTHS_TORCH = (2, 6)  # BlockMask.from_kv_blocks(seq_lengths=...)
+# torch.compile(dynamic=True) of the transformer blocks reuses its graphs for a new token count
+# from 2.6 on; 2.4 and 2.5 give the same numbers but compile again for each new size.
+DYNAMIC_COMPILE_TORCH = (2, 6)
 
 DeviceLike = torch.device | str | int | None
 
