@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: requests are built and checked before torch is imported
+    import torch
 
 # The official default negative prompt (used with real classifier-free guidance, cfg_scale > 1).
 NEGATIVE_PROMPT = ("Aerial view, aerial view, overexposed, low quality, deformation, a poor "
