@@ -315,3 +315,23 @@ def test_sequential_pins_one_arena_not_each_tensor(allocations, monkeypatch):
     assert all(any(p <= t.data_ptr() < p + n for p, n in chunks) for t in dit.parameters())
     with offload.use("dit"), torch.inference_mode():
         assert torch.equal(dit(*inputs), reference)
+
+
+# ---- 5. the web demo under torchrun: followers idle longer than the collective timeout ----------
+
+def test_followers_survive_an_idle_page_longer_than_the_collective_timeout(tmp_path):
+    """The default group's timeout is 2 s here (NCCL's is 10 min); the page idles 3 s twice."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "tests/follow_worker.py", "2", "3", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"runs.{rank}").read_text().splitlines() == ["after a long idle", "and again"]

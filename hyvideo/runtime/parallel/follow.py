@@ -1,7 +1,15 @@
-"""The web demo under torchrun: rank 0 serves, the other ranks follow its requests in step."""
+"""The web demo under torchrun: rank 0 serves, the other ranks follow its requests in step.
+
+Between requests the followers wait for rank 0's next message for as long as the page stays idle
+-- hours or days. They wait in a gloo group of their own (:func:`control_group`) with a timeout of
+:data:`IDLE_TIMEOUT`, not in the default group: on GPUs that is NCCL, whose collectives abort the
+job after the process group's timeout (10 minutes). The request and the per-step go/stop flag
+travel in that group too (CPU tensors); the model's own collectives keep the default group.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import torch
@@ -13,6 +21,14 @@ from hyvideo.runtime.parallel.groups import ParallelState
 
 log = logging.getLogger(__name__)
 
+IDLE_TIMEOUT = datetime.timedelta(days=365)  # how long a follower waits for the next request
+
+
+def control_group(timeout: datetime.timedelta = IDLE_TIMEOUT):
+    """A gloo group of every rank for the demo's control messages. Collective: each rank calls
+    it once, at the same point (rank 0 in :class:`LeaderPipeline`, the others in :func:`follow`)."""
+    return dist.new_group(backend="gloo", timeout=timeout)
+
 
 class LeaderPipeline:
     """Rank 0's pipeline when the other ranks follow it (the web demo under torchrun).
@@ -22,8 +38,9 @@ class LeaderPipeline:
     the wrapped pipeline's.
     """
 
-    def __init__(self, pipe, state: ParallelState):
+    def __init__(self, pipe, state: ParallelState, group=None):
         self.pipe, self.state = pipe, state
+        self.group = group if group is not None else control_group()
 
     def __getattr__(self, name: str):
         return getattr(self.pipe, name)
@@ -35,13 +52,13 @@ class LeaderPipeline:
                           height=request.height, width=request.width)
         except ParallelError as exc:
             raise UsageError(str(exc)) from None
-        dist.broadcast_object_list([(request, decode)], src=0)
-        return self.pipe(request, callback=_StepSync(self.pipe.device, callback),
+        dist.broadcast_object_list([(request, decode)], src=0, group=self.group)
+        return self.pipe(request, callback=_StepSync(self.group, callback),
                          decode=decode, show_progress=show_progress)
 
     def close(self) -> None:
         """Release the followers (they return from :func:`follow`)."""
-        dist.broadcast_object_list([None], src=0)
+        dist.broadcast_object_list([None], src=0, group=self.group)
 
 
 class _StepSync:
@@ -51,8 +68,8 @@ class _StepSync:
     the next denoising step, where it is broadcast and then raised on every rank.
     """
 
-    def __init__(self, device: torch.device, callback=None):
-        self.device, self.callback, self.pending = device, callback, None
+    def __init__(self, group, callback=None):
+        self.group, self.callback, self.pending = group, callback, None
 
     def __call__(self, event) -> None:
         if self.callback is not None:
@@ -62,21 +79,22 @@ class _StepSync:
                 self.pending = exc
         if event.stage != "denoise":
             return
-        flag = torch.tensor([1 if self.pending is not None else 0], device=self.device)
-        dist.broadcast(flag, src=0)
+        flag = torch.tensor([1 if self.pending is not None else 0])  # CPU: the gloo control group
+        dist.broadcast(flag, src=0, group=self.group)
         if flag.item():
             raise self.pending or GenerationCancelled("cancelled by rank 0")
 
 
-def follow(pipe) -> None:
+def follow(pipe, group=None) -> None:
     """Ranks > 0: run every request rank 0 sends, in step with it, until it closes."""
+    group = group if group is not None else control_group()
     while True:
         box = [None]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=group)  # idle here between requests
         if box[0] is None:
             return
         request, decode = box[0]
         try:
-            pipe(request, callback=_StepSync(pipe.device), decode=decode, show_progress=False)
+            pipe(request, callback=_StepSync(group), decode=decode, show_progress=False)
         except GenerationCancelled:
             log.info("rank %d: generation cancelled by rank 0", dist.get_rank())
