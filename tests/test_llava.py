@@ -451,3 +451,56 @@ def test_not_a_llava_folder(tmp_path, tokenizer):
         load_llava_encoder(folder, tokenizer=tokenizer)
     with pytest.raises(CheckpointError, match="text encoder folder not found"):
         load_llava_encoder(tmp_path / "nowhere", tokenizer=tokenizer)
+
+
+def _reference_selection(h, ids, mask, interleave):
+    """FORMAT.md section 14's selection, written out: image part, then the prompt part."""
+    where = (ids[0] == 271).nonzero().flatten().tolist()
+    j = ids.shape[1] if len(where) == 3 else where[-1]
+    image = h[:, 5:581:interleave]
+    text = torch.cat([h[:, 103 + 575:j - 4 + 575], h[:, j + 575:]], dim=1)
+    text_mask = torch.cat([mask[:, 103:j - 4], mask[:, j:]], dim=1)
+    return torch.cat([image, text], 1), torch.cat([mask.new_ones(image.shape[:2]), text_mask], 1)
+
+
+def test_runner_takes_the_official_geometry_and_interleave_2(tmp_path, tokenizer):
+    """A case like the hidden one (336-px processor, patch 14, interleave 2, a single float16 file
+    with lm_head), its expected outputs made by transformers' expanded-token path."""
+    from hyvideo.text.llava import clip_image_processor
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(6)
+        model = LlavaModel(tiny_llava_config(image_size=336, patch_size=14)).eval()
+        model = model.half().float()  # the weights the float16 file holds
+        image = torch.randint(0, 256, (375, 500, 3), dtype=torch.uint8)
+    folder = tmp_path / "case" / "model_folder"
+    folder.mkdir(parents=True)
+    save_file(_legacy_state(model, lm_head=True), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
+    processor = clip_image_processor(336)
+    processor.save_pretrained(str(folder))
+    runs = {"short": {"prompt": PROMPT, "image": "image_rgb"},
+            "negative_black": {"prompt": NEGATIVE_PROMPT_I2V, "image": "all-black image"}}
+    tensors, outputs = {"image_rgb": image}, []
+    for run, spec in runs.items():
+        picture = Image.fromarray(image.numpy())
+        picture = picture if run == "short" else Image.new("RGB", picture.size)
+        batch = tokenizer([I2V_VIDEO_TEMPLATE.format(spec["prompt"])], padding="max_length",
+                          truncation=True, max_length=359, return_tensors="pt")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        pixels = processor(images=picture, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            h = _expanded_reference(model, ids, mask, pixels, 128258)
+        states, states_mask = _reference_selection(h, ids, mask, interleave=2)
+        tensors.update({f"{run}.hidden_state": states, f"{run}.attention_mask": states_mask,
+                        f"{run}.input_ids": ids, f"{run}.pixel_values": pixels})
+        outputs += [f"{run}.hidden_state", f"{run}.attention_mask"]
+    save_file(tensors, str(tmp_path / "case" / "tensors.safetensors"))
+    case = {"kind": "text_encoder_llava_image", "name": "hidden_like", "outputs": outputs,
+            "tolerance": {"atol": 1e-4, "rtol": 1e-4},
+            "settings": {"text_len": 256, "max_length": 359, "image_embed_interleave": 2,
+                         "template": I2V_VIDEO_TEMPLATE.name, "runs": runs}}
+    (tmp_path / "case" / "case.json").write_text(json.dumps(case))
+    result = run_case(Case.open(tmp_path / "case"))
+    assert result.passed and result.worst < 0.05, result.line()
+    assert tensors["short.hidden_state"].shape == (1, 288 + 252, 16)

@@ -26,6 +26,7 @@ from hyvideo.text.llava import (
     LlavaEncodeSettings,
     LlavaTextImageEncoder,
     black_image,
+    interleave_for,
     llava_config,
     llava_key,
     load_llava_encoder,
@@ -46,11 +47,14 @@ _PIXEL_ATOL = 1e-5  # the processor's pixel values are a sanity check of the inp
 
 def _settings(case: Case) -> LlavaEncodeSettings:
     s = case.settings
+    interleave = s.get("image_embed_interleave")
+    if interleave is None:  # else from the DiT conditioning type (token_replace by default)
+        interleave = interleave_for(s.get("i2v_condition_type", "token_replace"))
     return LlavaEncodeSettings(
         text_len=s.get("text_len", 256),
         hidden_state_skip_layer=s.get("hidden_state_skip_layer", 2),
         apply_final_norm=s.get("apply_final_norm", False),
-        image_embed_interleave=s.get("image_embed_interleave", 4),
+        image_embed_interleave=interleave,
     )
 
 

@@ -293,10 +293,11 @@ def load_llava_encoder(
 
 
 def tiny_llava_config(*, hidden_size: int = 16, layers: int = 4, vision_hidden: int = 16,
-                      vision_layers: int = 3) -> LlavaConfig:
-    """A tiny LLaVA with the real structure and the official token ids: a 48-px CLIP tower with
-    patch 2 (24 x 24 = 576 patches, as the reference's constants need), a Llama with the
-    llava vocabulary (128320)."""
+                      vision_layers: int = 3, image_size: int = 48, patch_size: int = 2
+                      ) -> LlavaConfig:
+    """A tiny LLaVA with the real structure and the official token ids: by default a 48-px CLIP
+    tower with patch 2 (24 x 24 = 576 patches, as the reference's constants need; 336 / 14 is
+    the official geometry), a Llama with the llava vocabulary (128320)."""
     return LlavaConfig(
         text_config={
             "model_type": "llama", "vocab_size": 128320, "hidden_size": hidden_size,
@@ -308,7 +309,7 @@ def tiny_llava_config(*, hidden_size: int = 16, layers: int = 4, vision_hidden: 
         vision_config={
             "model_type": "clip_vision_model", "hidden_size": vision_hidden,
             "intermediate_size": 2 * vision_hidden, "num_hidden_layers": vision_layers,
-            "num_attention_heads": 2, "image_size": 48, "patch_size": 2,
+            "num_attention_heads": 2, "image_size": image_size, "patch_size": patch_size,
             "projection_dim": vision_hidden, "hidden_act": "quick_gelu",
         },
         image_token_index=128257,
