@@ -409,20 +409,20 @@ def test_streaming_load_never_holds_a_second_copy(tmp_path, source_model, tokeni
 
 def test_diffusers_layout_saved_by_this_transformers(tmp_path, tokenizer, picture):
     """hunyuanvideo-community/HunyuanVideo-I2V: text_encoder/ (a LlavaForConditionalGeneration
-    save), tokenizer/, image_processor/."""
+    save) and image_processor/."""
     from hyvideo.text.llava import LlavaTextImageEncoder, clip_image_processor
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(4)
         full = LlavaForConditionalGeneration(tiny_llava_config()).eval()
     full.save_pretrained(str(tmp_path / "text_encoder"))
-    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
     clip_image_processor(48).save_pretrained(str(tmp_path / "image_processor"))
     with safe_open(str(tmp_path / "text_encoder" / "model.safetensors"), "pt") as handle:
         assert "language_model.lm_head.weight" in handle.keys()  # the legacy names are written
+    # (tokenizer/ is read by load_llm_tokenizer, tested with the T2V encoder; saving and
+    # reading the 128k-token tokenizer would take seconds here)
     loaded = load_llava_encoder(tmp_path / "text_encoder", dtype=torch.float32,
-                                tokenizer_folder=tmp_path / "tokenizer",
-                                processor_folder=tmp_path / "image_processor")
+                                tokenizer=tokenizer, processor_folder=tmp_path / "image_processor")
     direct = LlavaTextImageEncoder(full.model, tokenizer, clip_image_processor(48),
                                    pad_token_id=128258)
     got = loaded.encode([PROMPT], [picture], num_frames=5)
