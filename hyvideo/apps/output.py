@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import math
+import re
 from pathlib import Path
 
-from hyvideo.apps.video_io import slug, unique_path, write_frames, write_latents, write_mp4
+from hyvideo.apps.video_io import json_safe, slug, unique_path, write_frames, write_latents, write_mp4
+
+__all__ = ["OUTPUT_TYPES", "json_safe", "output_metadata", "output_stem", "write_output"]
 
 OUTPUT_TYPES = ("mp4", "frames", "latents")
-
-
-def json_safe(value):
-    """``value`` with non-finite floats as None (bare NaN is not JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def output_metadata(result, index: int, *, model: str, job_id: str, extra: dict | None = None) -> dict:
@@ -40,4 +31,5 @@ def write_output(result, index: int, folder: Path, stem: str, meta: dict, output
 def output_stem(job_id: str, seed: int, prompt: str, name_suffix: str = "") -> str:
     """``<id>_seed<seed>_<prompt slug><suffix>``."""
     suffix = f"_{slug(name_suffix, 40)}" if name_suffix else ""
-    return f"{job_id}_seed{seed}_{slug(prompt, 40)}{suffix}"
+    safe_id = re.sub(r"[^\w.+-]", "_", job_id).lstrip(".") or "video"  # never a path or hidden file
+    return f"{safe_id}_seed{seed}_{slug(prompt, 40)}{suffix}"

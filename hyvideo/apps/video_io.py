@@ -8,6 +8,7 @@ leaves at most a ``.partial`` file, and nothing is ever overwritten silently.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -15,13 +16,37 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch and numpy are imported where frames are written: batch files and the
+    import numpy as np  # manifest need neither, and are checked before anything heavy is imported
+    import torch
+
 
 FPS = 24
 METADATA_KEY = "comment"  # mp4 tag that carries our JSON settings
+SETTINGS_FILE = "settings.json"  # the settings of a PNG frame folder
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON data: non-finite floats become None (a bare NaN is not JSON),
+    paths and other objects their text, tuples lists, tensor and numpy scalars numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # tensor or numpy scalar
+        return json_safe(value.item())
+    return str(value)
+
+
+def to_json(value: Any, **kwargs) -> str:
+    """Strict JSON text of ``value`` (after :func:`json_safe`; never NaN or Infinity)."""
+    return json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False, **kwargs)
 
 
 def slug(text: str, limit: int = 60) -> str:
@@ -58,6 +83,7 @@ def _publish(tmp: Path, final: Path) -> Path:
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[C, T, H, W] in [0, 1] -> [T, H, W, C] uint8."""
+    import torch
     frames = (video.float().clamp(0, 1) * 255).round().to(torch.uint8)
     return frames.permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
@@ -69,6 +95,7 @@ def write_mp4(video: torch.Tensor, path: Path, metadata: Mapping[str, Any] | Non
     Returns the path actually written (a suffix is added if ``path`` exists).
     """
     import imageio_ffmpeg
+    import numpy as np
 
     frames = to_uint8_frames(video)
     t, h, w, _ = frames.shape
@@ -79,7 +106,7 @@ def write_mp4(video: torch.Tensor, path: Path, metadata: Mapping[str, Any] | Non
     tmp = Path(tmp_name)
     params = ["-f", "mp4", "-movflags", "+faststart"]
     if metadata:
-        params += ["-metadata", f"{METADATA_KEY}={json.dumps(dict(metadata), ensure_ascii=False)}"]
+        params += ["-metadata", f"{METADATA_KEY}={to_json(dict(metadata))}"]
     try:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=8,
@@ -113,6 +140,7 @@ def read_mp4_metadata(path: str | Path) -> dict[str, Any]:
 def read_mp4_frames(path: str | Path) -> np.ndarray:
     """[T, H, W, 3] uint8 frames of a video (for tests and checks)."""
     import imageio_ffmpeg
+    import numpy as np
 
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = reader.__next__()
@@ -132,7 +160,7 @@ def write_frames(video: torch.Tensor, folder: Path, metadata: Mapping[str, Any] 
         for i, frame in enumerate(to_uint8_frames(video)):
             iio.imwrite(tmp / f"{i:05d}.png", frame)
         if metadata:
-            (tmp / "settings.json").write_text(json.dumps(dict(metadata), indent=2, ensure_ascii=False))
+            (tmp / SETTINGS_FILE).write_text(to_json(dict(metadata), indent=2), encoding="utf-8")
         final = folder
         while True:
             try:
@@ -158,8 +186,29 @@ def write_latents(latents: torch.Tensor, path: Path, metadata: Mapping[str, Any]
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        meta = {"settings": json.dumps(dict(metadata or {}), ensure_ascii=False)}
+        meta = {"settings": to_json(dict(metadata or {}))}
         save_file({"latents": latents.float().contiguous().cpu()}, str(tmp), metadata=meta)
         return _publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_output_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The settings embedded in an output of any type (mp4, latents, frame folder); None when
+    there are none or the file cannot be read (e.g. it is not one of ours)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            meta = json.loads((path / SETTINGS_FILE).read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("settings", "null"))
+        elif path.suffix == ".mp4":
+            meta = read_mp4_metadata(path)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 (any unreadable file simply is not a finished output of ours)
+        return None
+    return meta if isinstance(meta, dict) and meta else None
