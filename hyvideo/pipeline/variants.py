@@ -11,25 +11,25 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from hyvideo.dit.config import DiTConfig, config_from_dict
 from hyvideo.pipeline.geometry import Geometry
 from hyvideo.pipeline.types import GenerationRequest, UsageError, request_from_defaults
 
-PRECISIONS: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+if TYPE_CHECKING:  # imported where used: the variant names and sampling defaults are read (and the
+    import torch  # command line checked) before torch is imported
+
+    from hyvideo.dit.config import DiTConfig
+
+PRECISIONS: dict[str, str] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # torch dtype names
 
 
 def dtype_of(precision: str) -> torch.dtype:
     """``"bf16"`` -> ``torch.bfloat16`` etc.; a clear error for anything else."""
+    import torch
+
     try:
-        return PRECISIONS[precision]
+        return getattr(torch, PRECISIONS[precision])
     except KeyError:
         raise ValueError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
@@ -51,6 +51,8 @@ class SamplingDefaults:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamplingDefaults:
+        from hyvideo.dit.config import config_from_dict
+
         return config_from_dict(cls, data)
 
 
@@ -66,6 +68,8 @@ class ModelVariant:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelVariant:
+        from hyvideo.dit.config import DiTConfig
+
         vae = data.get("vae", {})
         return cls(name=data["name"], dit=DiTConfig.from_dict(data["dit"]),
                    sampling=SamplingDefaults.from_dict(data.get("sampling", {})),
