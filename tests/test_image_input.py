@@ -242,6 +242,20 @@ def test_exif_orientation_is_applied(tmp_path):
     assert np.array_equal(np.asarray(image), np.asarray(original.transpose(Image.Transpose.ROTATE_270)))
 
 
+def test_orientation_is_applied_once(tmp_path):
+    original = _noise(40, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.png"
+    original.save(path, exif=exif)
+    from_file = load_i2v_image(path, "360p")
+    with Image.open(path) as upload:  # what a web form hands over: the tag still there
+        from_upload = prepare_i2v_image(upload, "360p")
+    assert from_file.image.size == from_upload.image.size == (20, 40)
+    assert torch.equal(from_file.pixels, from_upload.pixels)
+    assert (from_file.height, from_file.width) == bucket_for(40, 20, "360p") == (640, 320)
+
+
 def test_load_i2v_image(tmp_path):
     path = _save(_noise(64, 48))(tmp_path / "still.png")
     item = load_i2v_image(path, "360p")

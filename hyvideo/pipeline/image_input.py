@@ -248,9 +248,10 @@ class I2VImage:
 
 def prepare_i2v_image(image: Image.Image, resolution: str, *, path: Path | None = None,
                       sha256: str | None = None) -> I2VImage:
-    """Bucket and VAE input of an RGB image (e.g. an upload already opened by a web form)."""
+    """Bucket and VAE input of an opened image (e.g. an upload a web form decoded): checked and
+    converted like a file (an orientation tag already applied was removed, so never twice)."""
     check_image(image, path or "upload")
-    image = image if image.mode == "RGB" else _to_rgb(image)
+    image = _to_rgb(image)
     height, width = bucket_for(image.height, image.width, resolution)
     pixels = vae_pixels(resize_center_crop(image, (height, width)))
     return I2VImage(image, height, width, pixels, sha256, path)
