@@ -159,6 +159,7 @@ def test_no_accelerator_strings_in_the_package():
     assert not offenders, "\n".join(offenders)
 
 
+@pytest.mark.smoke
 def test_the_default_run_imports_no_optional_runtime_machinery():
     """A plain tiny generation loads neither the offload engines, the step caches' engines, the
     parallel package nor the diffusers layout reader."""

@@ -110,6 +110,7 @@ def test_dit_output_ignores_padded_text_rows():
     torch.testing.assert_close(other, base, atol=0, rtol=0)
 
 
+@pytest.mark.smoke
 def test_dit_sdpa_equals_explicit_backend_on_padded_batch():
     cfg = tiny_config()
     sdpa = random_dit(cfg)

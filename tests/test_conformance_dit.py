@@ -26,6 +26,7 @@ def _params():
     return [pytest.param(p, id=p.name) for k in KINDS for p in cases_of_kind(root, k)]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("case_dir", _params())
 def test_case_passes(conformance, case_dir):
     result = run_case(Case.open(case_dir))
@@ -113,6 +114,7 @@ def test_unknown_kind_is_a_fail(tmp_path):
     assert not result.passed and "not implemented" in result.line()
 
 
+@pytest.mark.smoke
 def test_runner_cli_on_scheduler_cases(conformance):
     cases = cases_of_kind(conformance, "scheduler")
     proc = subprocess.run([sys.executable, "-m", "hyvideo.conformance", *map(str, cases)],

@@ -25,6 +25,7 @@ def _out(model, cfg):
         return model(*random_inputs(cfg))
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("container", ["module", "ema"])
 def test_official_pt_container_roundtrip(tmp_path, model_and_state, container):
     model, state = model_and_state
@@ -95,6 +96,7 @@ class _Evil:
         return (os.system, ("echo pwned > /tmp/hyvideo_pwned",))
 
 
+@pytest.mark.smoke
 def test_pickle_that_executes_code_is_refused(tmp_path, model_and_state):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:

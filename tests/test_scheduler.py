@@ -37,6 +37,7 @@ def test_timesteps_are_sigma_times_1000():
     assert sched.timesteps.dtype == torch.float32 and sched.steps == 50
 
 
+@pytest.mark.smoke
 def test_euler_step_matches_independent_arithmetic():
     sched = FlowMatchSchedule.create(6, 3.0)
     g = torch.Generator().manual_seed(1)
@@ -50,6 +51,7 @@ def test_euler_step_matches_independent_arithmetic():
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.smoke
 def test_full_run_of_constant_velocity_lands_on_target():
     # x_sigma = (1 - sigma) * x0 + sigma * noise has velocity noise - x0 for every sigma.
     sched = FlowMatchSchedule.create(12, 7.0)

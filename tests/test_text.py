@@ -81,6 +81,7 @@ def _clip_case(conformance: Path) -> Path:
 # ------------------------------------------------------------------ conformance and manifests
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("case_dir", _params())
 def test_case_passes(conformance, case_dir):
     result = run_case(Case.open(case_dir))
@@ -98,6 +99,7 @@ def test_text_encoder_manifest(conformance, name):
 # ------------------------------------------------------------------ tokenizer and templates
 
 
+@pytest.mark.smoke
 def test_tokenizer_specials(tokenizer):
     assert llama3_tokenizer_file().is_file()
     ids = tokenizer(
@@ -113,6 +115,7 @@ def test_tokenizer_specials(tokenizer):
     assert tokenizer("hi")["input_ids"][-1] != 128001  # no EOS
 
 
+@pytest.mark.smoke
 def test_crop_start_derived(tokenizer):
     assert derive_crop_start(tokenizer, VIDEO_TEMPLATE) == 95
     assert derive_crop_start(tokenizer, IMAGE_TEMPLATE) == 36
@@ -405,6 +408,7 @@ def test_extract_errors(tiny_llava, tmp_path, capsys):
 
 # ------------------------------------------------------------------ tokenizer sources
 
+@pytest.mark.smoke
 def test_clip_tokenizer_saved_by_this_transformers_loads(tmp_path):
     """transformers 5 saves a CLIP tokenizer as tokenizer.json alone (no vocab.json/merges.txt)."""
     from transformers import CLIPTokenizer

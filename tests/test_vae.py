@@ -45,6 +45,7 @@ def _case_params():
 
 
 # ---- conformance ------------------------------------------------------------------------------
+@pytest.mark.smoke
 @pytest.mark.parametrize("case_dir", _case_params())
 def test_conformance_case(conformance, case_dir):
     result = run_case(Case.open(case_dir))
@@ -121,6 +122,7 @@ def framewise_norm(monkeypatch):
     monkeypatch.setattr(nn.GroupNorm, "forward", _framewise_group_norm)
 
 
+@pytest.mark.smoke
 def test_encoder_is_causal(framewise_norm):
     vae = tiny_vae()
     x = torch.rand(1, 3, 13, 16, 16) * 2 - 1
