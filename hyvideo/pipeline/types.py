@@ -23,6 +23,7 @@ NEGATIVE_PROMPT = ("Aerial view, aerial view, overexposed, low quality, deformat
 
 MAX_SEED = 2**63 - 1  # torch generators take signed 64-bit seeds; video i uses seed + i
 MAX_PROMPT_CHARS = 20_000  # far beyond any encoder's window; longer text is a mistake
+MAX_SIZE = 16_384  # pixels per side and frames: far beyond any device's memory, so sizes never overflow
 
 
 class UsageError(ValueError):
@@ -111,9 +112,9 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         check_text("prompt", self.prompt, required=True)
         check_text("negative_prompt", self.negative_prompt, required=False)
-        for name in ("height", "width", "video_length"):
-            check_int(name, getattr(self, name), 1)
-        check_int("infer_steps", self.infer_steps, 1, 1000)
+        for name in ("height", "width", "video_length"):  # bounds far beyond any device's memory
+            check_int(name, getattr(self, name), 1, MAX_SIZE)
+        check_int("infer_steps", self.infer_steps, 1)
         check_int("num_videos", self.num_videos, 1, 1000)
         check_int("batch_size", self.batch_size, 1, 1000)
         check_int("seed", self.seed, 0, MAX_SEED - (self.num_videos - 1))
