@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where tensors are converted: the key tables and the DiT config
+    import torch  # are read (and the command line checked) before torch is imported
 
 _R = "context_embedder.token_refiner.refiner_blocks.{0}."
 _D = "transformer_blocks.{0}."
@@ -82,6 +84,8 @@ def _split_sizes(total: int, parts: int, hidden: int) -> list[int]:
 
 def dit_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official DiT state dict -> ``HunyuanVideoTransformer3DModel`` state dict."""
+    import torch
+
     hidden = state["img_in.proj.weight"].shape[0]
     rules = [(_official_pattern(p), d, op) for p, d, op in DIT_RULES]
     out = {}
@@ -107,6 +111,8 @@ def dit_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def dit_from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``HunyuanVideoTransformer3DModel`` state dict -> official DiT state dict."""
+    import torch
+
     rules = [(_diffusers_pattern(d[0]), p, d, op) for p, d, op in DIT_RULES]
     known = [_diffusers_pattern(t) for _, d, _ in DIT_RULES for t in d]
     unknown = [k for k in state if not any(p.match(k) for p in known)]
@@ -205,6 +211,8 @@ def diffusers_module_targets(out_features: Mapping[str, int], hidden: int) -> di
     ``out_features`` maps each official Linear module name to its output width; ``hidden`` is the
     model width (the single-block ``linear1`` is q, k, v of ``hidden`` rows each, then the MLP).
     """
+    import torch
+
     rules = [(_official_pattern(p), d, op) for p, d, op in DIT_RULES]
     targets: dict[str, ModuleTarget] = {}
     for name, width in out_features.items():
