@@ -211,14 +211,14 @@ def _row_id(raw: Any, number: int, where: str) -> str:
     return text
 
 
-def _row_seed(raw: Any, job_id: str, number: int, base_seed: int, where: str) -> int:
+def _row_seed(raw: Any, job_id: str, number: int, base_seed: int, where: str, cells: bool) -> int:
     if raw is None or raw == "":
         seed = base_seed + (int(job_id) if re.fullmatch(r"-?\d+", job_id) else number)
         if not 0 <= seed <= MAX_SEED:
             raise PromptFileError(f"{where}: the seed of row {job_id} (--seed {base_seed} + {seed - base_seed}) "
                                   f"is {seed}, outside 0 to {MAX_SEED}; give the row a seed or a smaller --seed")
         return seed
-    if isinstance(raw, str):  # a CSV cell: digits only (int() would also take '1_000' and ' 5 ')
+    if cells and isinstance(raw, str):  # a CSV cell is text: digits only (int() would take '1_000', ' 5 ')
         if not re.fullmatch(r"\s*-?\d{1,20}\s*", raw):
             raise PromptFileError(f"{where}: seed {raw!r} is not a whole number (0 to {MAX_SEED})")
         raw = int(raw)
@@ -233,7 +233,8 @@ def _checked(where: str, check, *args, **kwargs):
         raise PromptFileError(f"{where}: {exc}") from None
 
 
-def _job(row: dict, number: int, where: str, base_seed: int) -> PromptJob:
+def _job(row: dict, number: int, where: str, base_seed: int, cells: bool) -> PromptJob:
+    """One row as a job; ``cells``: the values are text (CSV), else typed (JSON)."""
     unknown = sorted(set(row) - set(ROW_FIELDS))
     if unknown:
         raise PromptFileError(f"{where}: unknown field {unknown[0]!r}; a row has {', '.join(ROW_FIELDS)}")
@@ -244,7 +245,7 @@ def _job(row: dict, number: int, where: str, base_seed: int) -> PromptJob:
     negative = row.get("negative_prompt")
     negative = _checked(where, check_text, "negative_prompt", negative, required=False)
     job_id = _row_id(row.get("id"), number, where)
-    seed = _row_seed(row.get("seed"), job_id, number, base_seed, where)
+    seed = _row_seed(row.get("seed"), job_id, number, base_seed, where, cells)
     return PromptJob(job_id, prompt, seed, (negative or "").strip() or None, where)
 
 
@@ -266,7 +267,7 @@ def read_prompt_file(path: str | Path, base_seed: int) -> list[PromptJob]:
     jobs: list[PromptJob] = []
     seen: dict[str, str] = {}
     for number, row, where in reader(path, text):
-        job = _job(row, number, where, base_seed)
+        job = _job(row, number, where, base_seed, cells=reader is _rows_csv)
         if job.id in seen:
             raise PromptFileError(f"{where}: duplicate id {job.id!r} (first at {seen[job.id]})")
         seen[job.id] = where.rpartition(" ")[2]
@@ -381,16 +382,16 @@ class Manifest:
         return {str(r["id"]) for r in self.records() if r.get("id") is not None and self.output_of(r)}
 
     def pending(self, jobs: list[PromptJob], num_videos: int = 1) -> list[PromptJob]:
-        """The jobs with a video not yet done; partial files left by a kill are removed."""
+        """The jobs with a video not yet done (reads only; see :meth:`remove_partials`)."""
         if not self.path.is_file():
             raise PromptFileError(f"--resume: no manifest at {self.path}; run the batch once without --resume")
-        self.remove_partials()
         done = self.done_ids()
         todo = [j for j in jobs if not set(video_ids(j.id, num_videos)) <= done]
         log.info("resume: %d done, %d to go", len(jobs) - len(todo), len(todo))
         return todo
 
     def remove_partials(self) -> None:
+        """Remove the temporary files a kill left mid-write (outputs are published whole)."""
         for stale in self.folder.glob(".*.partial"):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 

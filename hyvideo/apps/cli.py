@@ -36,11 +36,28 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
     def parse_or_exit_code(self, argv: list[str] | None) -> argparse.Namespace | int:
-        """The parsed flags, or the exit code argparse chose (``--help``: 0, bad usage: 2)."""
+        """The parsed flags, or the exit code argparse chose (``--help``: 0, bad usage: 2).
+
+        ``args.given_flags`` holds the destinations given on the command line (a flag given
+        with its default value counts), so a flag that would be ignored can be refused.
+        """
         try:
-            return self.parse_args(argv)
+            args = self.parse_args(argv)
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        args.given_flags = self._given(argv)
+        return args
+
+    def _given(self, argv: list[str] | None) -> frozenset[str]:
+        saved = [(action, action.default) for action in self._actions]
+        try:  # parse again with no defaults: only what the command line set remains
+            for action, _ in saved:
+                action.default = argparse.SUPPRESS
+            given, _ = self.parse_known_args(argv)
+        finally:
+            for action, default in saved:
+                action.default = default
+        return frozenset(vars(given))
 
 
 def fail(message: str) -> int:
@@ -167,6 +184,8 @@ def check_fixed_flags(args: argparse.Namespace) -> None:
 
 def lora_specs(args: argparse.Namespace) -> tuple:
     """``--lora PATH[:SCALE]`` flags as LoraSpecs, each file checked to exist (before loading)."""
+    if not args.lora:
+        return ()
     from hyvideo.dit.lora import LoraSpec
 
     specs = tuple(LoraSpec.parse(text) for text in args.lora)
@@ -178,16 +197,105 @@ def lora_specs(args: argparse.Namespace) -> tuple:
     return specs
 
 
+# Flags that only act together with another one: (destination, whether it acts, what it needs).
+NEEDS = (
+    ("cache_threshold", lambda a: a.cache != "none", "--cache teacache or --cache first-block"),
+    ("compile_mode", lambda a: a.compile, "--compile"),
+    ("blocks_on_device", lambda a: a.offload == "blocks", "--offload blocks"),
+    ("fp8_activation_scale", lambda a: a.fp8_matmul, "--fp8-matmul"),
+    ("lora_fuse", lambda a: bool(a.lora), "--lora"),
+    ("rewrite_model", lambda a: a.rewrite_endpoint, "--rewrite-endpoint"),
+    *((name, lambda a: a.rewrite, "--rewrite normal|master") for name in
+      ("rewrite_timeout", "rewrite_retries", "rewrite_max_tokens", "rewrite_fallback")),
+)
+# What --model tiny-random never reads: it builds small float32 random-weight models in memory.
+TINY_UNUSED = ("model_base", "model_resolution", "dit_weight", "vae_path", "text_encoder_path",
+               "text_encoder_2_path", "load_key", "use_fp8", "precision", "vae_precision",
+               "text_encoder_precision", "text_encoder_precision_2", "text_len",
+               "hidden_state_skip_layer", "apply_final_norm", "text_len_2")
+
+
+def flag_name(dest: str) -> str:
+    return f"--{dest.replace('_', '-')}"
+
+
+def check_flags_used(args: argparse.Namespace) -> None:
+    """Every flag given acts: one that would be ignored is refused (ValueError naming it)."""
+    from hyvideo.pipeline.options import TINY
+
+    given = getattr(args, "given_flags", frozenset())
+    for dest, acts, needs in NEEDS:
+        if dest in given and not acts(args):
+            raise ValueError(f"{flag_name(dest)} has no effect without {needs}; add it or drop {flag_name(dest)}")
+    if args.model == TINY:
+        unused = [dest for dest in TINY_UNUSED if dest in given]
+        if unused:
+            raise ValueError(f"{flag_name(unused[0])} cannot be used with --model {TINY}, which builds small "
+                             "float32 random-weight models in memory; drop it or choose a released model")
+
+
+# The speed and memory flags (add_runtime_args). Checking them imports the runtime (torch and
+# transformers), so a front door checks them before the paths only when one was given: a bare
+# command with a missing checkpoint is told so without importing either.
+RUNTIME_FLAGS = ("device", "cache", "cache_threshold", "compile", "compile_mode", "offload", "blocks_on_device",
+                 "use_cpu_offload", "fp8_matmul", "fp8_activation_scale", "ulysses_degree", "ring_degree")
+
+
+def runtime_flags_given(args: argparse.Namespace) -> bool:
+    """A runtime flag was given, or this process runs under torchrun."""
+    import os
+
+    given = getattr(args, "given_flags", frozenset(RUNTIME_FLAGS))
+    return bool(given & set(RUNTIME_FLAGS)) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def checkpoint_paths(args: argparse.Namespace):
+    """The path flags as :class:`~hyvideo.checkpoints.layouts.CheckpointPaths`."""
+    from hyvideo.checkpoints.layouts import CheckpointPaths
+
+    return CheckpointPaths(args.model_base, args.model_resolution, args.dit_weight, args.vae_path,
+                           args.text_encoder_path, args.text_encoder_2_path, args.load_key, args.use_fp8)
+
+
+def _check_kind(flag: str, path: Path | None, *, folder: bool) -> None:
+    """A path that exists must be a folder (``folder``) or a file; a missing one is reported
+    with the download hint by the layout check."""
+    if path is None or not path.exists():
+        return
+    if folder and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file; give a folder")
+    if not folder and path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"{flag} {path} is a folder; give the weights file (.pt or .safetensors), "
+                         "or a diffusers transformer/ folder")
+
+
+def check_paths_early(args: argparse.Namespace) -> None:
+    """Every path flag names the right kind of thing and, for a released model, every file the
+    load will read exists. Nothing here imports torch, so a wrong path is reported at once."""
+    from hyvideo.checkpoints.layouts import DIFFUSERS, component_paths, detect_layout, diffusers_paths
+    from hyvideo.pipeline.options import TINY
+
+    _check_kind("--model-base", args.model_base, folder=True)
+    _check_kind("--dit-weight", args.dit_weight, folder=False)
+    for flag in ("--vae-path", "--text-encoder-path", "--text-encoder-2-path"):
+        _check_kind(flag, getattr(args, flag[2:].replace("-", "_")), folder=True)
+    if args.model == TINY:
+        return
+    paths = checkpoint_paths(args)
+    if not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution) == DIFFUSERS:
+        diffusers_paths(paths)
+    else:
+        component_paths(paths)
+
+
 def load_options(args: argparse.Namespace):
     """The model flags as :class:`~hyvideo.pipeline.components.LoadOptions` (checked)."""
-    from hyvideo.checkpoints.layouts import CheckpointPaths
     from hyvideo.pipeline.options import LoadOptions, Precisions, TextSettings
     from hyvideo.pipeline.variants import load_variant
 
     check_fixed_flags(args)
     load_variant(args.model)  # an unknown name fails here, listing the known ones
-    paths = CheckpointPaths(args.model_base, args.model_resolution, args.dit_weight, args.vae_path,
-                            args.text_encoder_path, args.text_encoder_2_path, args.load_key, args.use_fp8)
+    paths = checkpoint_paths(args)
     precisions = Precisions(args.precision, args.vae_precision, args.text_encoder_precision,
                             args.text_encoder_precision_2)
     text = TextSettings(args.text_len, args.hidden_state_skip_layer, args.apply_final_norm, args.text_len_2)
@@ -200,14 +308,24 @@ def runtime_options(args: argparse.Namespace):
     from hyvideo.runtime.build import CompileConfig, Fp8MatmulConfig, RuntimeOptions
     from hyvideo.runtime.cache import CacheConfig
 
-    offload = offload_config(args.offload, use_cpu_offload=args.use_cpu_offload,
-                             blocks_on_device=args.blocks_on_device)
+    offload = _named("--blocks-on-device", offload_config, args.offload, use_cpu_offload=args.use_cpu_offload,
+                     blocks_on_device=args.blocks_on_device)
     return RuntimeOptions(
         device=check_device(args.device) if args.device else None, offload=offload,
-        cache=CacheConfig(args.cache, args.cache_threshold),
+        cache=_named("--cache-threshold", CacheConfig, args.cache, args.cache_threshold),
         compile=CompileConfig(args.compile_mode) if args.compile else None,
         fp8_matmul=Fp8MatmulConfig(args.fp8_activation_scale) if args.fp8_matmul else None,
     )
+
+
+def _named(flag: str, build, *args, **kwargs):
+    """``build(...)``, its ValueError prefixed with ``flag`` when the message does not name one."""
+    try:
+        return build(*args, **kwargs)
+    except ValueError as exc:
+        if getattr(exc, "field", None) or str(exc).startswith("--"):
+            raise
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def offload_config(offload: str | None = None, *, use_cpu_offload: bool = False, blocks_on_device: int = 2):
@@ -312,8 +430,9 @@ def parallel_config(args: argparse.Namespace, world: int, cfg_scale: float):
     from hyvideo.runtime.parallel.config import ParallelConfig, ParallelError
 
     sp = args.ulysses_degree * args.ring_degree
-    if args.ulysses_degree < 1 or args.ring_degree < 1:
-        raise ParallelError("--ulysses-degree and --ring-degree must be >= 1")
+    for flag, value in (("--ulysses-degree", args.ulysses_degree), ("--ring-degree", args.ring_degree)):
+        if not 1 <= value <= 1024:
+            raise ParallelError(f"{flag} {value}: a degree is a process count from 1 to 1024")
     if world == 1 and sp == 1:
         return None
     return ParallelConfig(args.ulysses_degree, args.ring_degree, 2 if cfg_scale > 1 and world == 2 * sp else 1)

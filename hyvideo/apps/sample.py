@@ -140,33 +140,74 @@ def is_out_of_memory(exc: Exception) -> bool:
     """A device out-of-memory error, or the CPU allocator's failure to allocate."""
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc))
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in (
+            "DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")))
 
 
 def prepare(args: argparse.Namespace) -> Plan:
-    """Check every flag, prompt and path and build the jobs; join the torchrun group."""
-    from hyvideo.pipeline.components import check_paths
+    """Check every flag, prompt and path and build the jobs before anything heavy is imported or
+    loaded (the paths and prompts before torch; everything before transformers, unless a speed
+    flag was given: see cli.RUNTIME_FLAGS); then join the torchrun group."""
     from hyvideo.pipeline.variants import load_variant
 
-    if bool(args.prompt) == bool(args.prompt_file):
-        raise ValueError("give either --prompt \"...\" or --prompt-file FILE")
-    if args.prompt_ids and not args.prompt_file:
-        raise ValueError("--prompt-ids selects rows of --prompt-file; give --prompt-file too")
-    load, runtime = cli.load_options(args), cli.runtime_options(args)
-    runtime.check(load)
+    check_prompt_flags(args)
+    cli.check_flags_used(args)
+    load = cli.load_options(args)
     variant = load_variant(args.model)
     fields = sampling_fields(args, variant)
-    parallel, runtime = join_parallel(args, variant, fields, runtime)
-    plan = Plan(load, runtime, save_path_of(args), parallel=parallel)
-    if parallel is None or parallel.is_main:
-        cli.check_output_folder(plan.save_path, "--save-path")
-        plan.jobs = make_jobs(args, variant, fields, plan.save_path)
+    cli.rewrite_options(args, None)  # the rewrite flags now; the rewrite itself runs last
+    checked = check_runtime(args, load, variant, fields) if cli.runtime_flags_given(args) else None
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    save_path = save_path_of(args)
+    jobs = []
+    if main_rank:
+        cli.check_output_folder(save_path, "--save-path")
+        jobs = make_jobs(args, variant, fields, save_path)
+    cli.check_paths_early(args)
+    runtime, config = checked or check_runtime(args, load, variant, fields)
+    parallel, runtime = join_parallel(args, config, runtime)
+    if jobs and main_rank:
+        jobs = begin(args, save_path, jobs)
     if parallel is not None:  # every rank runs the same jobs with the same seeds
-        plan.jobs = share_from_main(plan.jobs)
-    if plan.jobs:
-        check_paths(load)  # every weight file exists, before minutes of loading
-    return plan
+        jobs = share_from_main(jobs)
+    return Plan(load, runtime, save_path, jobs, parallel=parallel)
+
+
+def begin(args: argparse.Namespace, save_path: Path, jobs: list[Job]) -> list[Job]:
+    """After every check, the run's first writes: the manifest exists from the start (a kill
+    before the first video still resumes) with a torn last line set aside; on --resume the
+    leftovers of a killed run are removed and finished outputs whose record was lost are recorded
+    (not rendered twice). Then the prompts are rewritten (--rewrite). -> the jobs still to run."""
+    from hyvideo.apps.batch import Expected, Manifest, video_ids
+    from hyvideo.apps.output import output_stem
+
+    if args.prompt_file:
+        manifest = Manifest(save_path)
+        manifest.create()
+        if args.resume:
+            manifest.remove_partials()
+            manifest.recover([Expected(vid, job.id, output_stem(job.id, job.request.seed + i, job.prompt,
+                                                                 args.name_suffix))
+                              for job in jobs for i, vid in enumerate(video_ids(job.id, args.num_videos))])
+            done = manifest.done_ids()
+            jobs = [job for job in jobs if not set(video_ids(job.id, args.num_videos)) <= done]
+    rewrite_jobs(jobs, args)
+    return jobs
+
+
+def check_prompt_flags(args: argparse.Namespace) -> None:
+    """Which prompt flags go together (each given flag must act)."""
+    if bool(args.prompt) == bool(args.prompt_file):
+        raise ValueError("give either --prompt \"...\" or --prompt-file FILE")
+    for flag, given in (("--prompt-ids", args.prompt_ids), ("--resume", args.resume)):
+        if given and not args.prompt_file:
+            raise ValueError(f"{flag} works on the rows of --prompt-file; give --prompt-file too")
+    if args.seed_type == "random" and args.seed is not None:
+        raise ValueError("--seed-type random draws a random base seed and ignores --seed; drop one of them")
+    if args.batch_size > args.num_videos >= 1:
+        raise ValueError(f"--batch-size {args.batch_size} is more than --num-videos {args.num_videos}: "
+                         "a DiT call holds at most the videos of one prompt")
 
 
 def save_path_of(args: argparse.Namespace) -> Path:
@@ -183,6 +224,9 @@ def sampling_fields(args: argparse.Namespace, variant) -> dict:
     if args.seed_type == "fixed" and args.num_videos > 1:
         raise ValueError("--seed-type fixed gives every video of a prompt the same seed; use --num-videos 1")
     height, width = args.video_size or RESOLUTIONS.get(args.resolution, (None, None))
+    if args.embedded_cfg_scale is not None and variant.sampling.embedded_cfg_scale is None:
+        raise ValueError(f"--embedded-cfg-scale: model {variant.name} has no guidance embedding; use "
+                         "--cfg-scale (real guidance), or a cfg-distilled model")
     fields = dict(height=height or variant.sampling.height, width=width or variant.sampling.width,
                   video_length=args.video_length or variant.sampling.video_length,
                   infer_steps=args.infer_steps, cfg_scale=args.cfg_scale,
@@ -194,17 +238,27 @@ def sampling_fields(args: argparse.Namespace, variant) -> dict:
     return fields
 
 
-def join_parallel(args: argparse.Namespace, variant, fields: dict, runtime):
-    """Under torchrun: check the degrees for the size, then join the group on this rank's device."""
-    from hyvideo.runtime.build import device_for_rank
+def check_runtime(args: argparse.Namespace, load, variant, fields: dict):
+    """The speed and memory flags as RuntimeOptions, and the torchrun layout (None for one
+    process) with its degrees checked for the size. -> (runtime, parallel config)"""
     from hyvideo.runtime.parallel.config import check_degrees
 
+    runtime = cli.runtime_options(args)
+    runtime.check(load)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     config = cli.parallel_config(args, world, fields["cfg_scale"] or variant.sampling.cfg_scale)
+    if config is not None:
+        check_degrees(config, world_size=world, geometry=variant.geometry, video_length=fields["video_length"],
+                      height=fields["height"], width=fields["width"])
+    return runtime, config
+
+
+def join_parallel(args: argparse.Namespace, config, runtime):
+    """Under torchrun: join the group on this rank's device. -> (state or None, runtime)"""
     if config is None:
         return None, runtime
-    check_degrees(config, world_size=world, geometry=variant.geometry, video_length=fields["video_length"],
-                  height=fields["height"], width=fields["width"])
+    from hyvideo.runtime.build import device_for_rank
+
     if runtime.device is None:
         runtime = dataclasses.replace(runtime, device=device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
     if int(os.environ.get("RANK", "0")) != 0:
@@ -213,22 +267,36 @@ def join_parallel(args: argparse.Namespace, variant, fields: dict, runtime):
 
 
 def make_jobs(args: argparse.Namespace, variant, fields: dict, save_path: Path) -> list[Job]:
-    """The prompts to run (a file's rows or --prompt), minus those done (--resume), rewritten
-    (--rewrite), each a checked request."""
+    """The prompts to run (a file's rows or --prompt), minus those done (--resume), each a
+    checked request; a row's bad value is reported with its file and line."""
     from hyvideo.apps.batch import Manifest, PromptJob, read_prompt_file, select_ids
 
     if args.prompt_file:
+        variant.request(**{**fields, "prompt": "flags"})  # the flags first: their errors name them
         rows = select_ids(read_prompt_file(args.prompt_file, fields["seed"]), args.prompt_ids)
-        manifest = Manifest(save_path)
-        rows = manifest.pending(rows) if args.resume else rows
-        manifest.create()  # present from the start: a kill before the first video still resumes
+        rows = Manifest(save_path).pending(rows, args.num_videos) if args.resume else rows
     else:
         rows = [PromptJob(time.strftime("%Y%m%d-%H%M%S"), args.prompt, fields["seed"], args.neg_prompt)]
-    jobs = [Job(row.id, row.prompt, variant.request(**{**fields, "prompt": row.prompt, "seed": row.seed,
-                                                       "negative_prompt": row.negative_prompt or args.neg_prompt}))
-            for row in rows]
-    rewrite_jobs(jobs, args)
-    return jobs
+    return [Job(row.id, row.prompt, row_request(variant, fields, row, args.neg_prompt)) for row in rows]
+
+
+def row_request(variant, fields: dict, row, neg_prompt: str | None):
+    """The request of one row: the flags' fields with the row's prompt, seed and negative prompt."""
+    from hyvideo.apps.batch import PromptFileError
+    from hyvideo.pipeline.types import UsageError
+
+    negative = row.negative_prompt or neg_prompt
+    try:
+        request = variant.request(**{**fields, "prompt": row.prompt, "seed": row.seed, "negative_prompt": negative})
+    except UsageError as exc:
+        if not row.where or exc.field not in ("prompt", "seed", "negative_prompt"):
+            raise
+        raise PromptFileError(f"{row.where}: {exc}") from None
+    if negative is not None and request.cfg_scale <= 1:
+        where = f"{row.where}: the negative prompt" if row.negative_prompt and row.where else "--neg-prompt"
+        raise ValueError(f"{where} is used only with real guidance, --cfg-scale > 1 (this run's is "
+                         f"{request.cfg_scale:g}); raise --cfg-scale or drop the negative prompt")
+    return request
 
 
 def rewrite_jobs(jobs: list[Job], args: argparse.Namespace) -> None:
@@ -255,21 +323,23 @@ def share_from_main(obj):
 def save(result, job: Job, plan: Plan, args: argparse.Namespace, model: str, seconds: float) -> None:
     """Write every video of ``result`` and record it in the manifest."""
     from hyvideo import compat
-    from hyvideo.apps.batch import Manifest
+    from hyvideo.apps.batch import Manifest, video_ids
     from hyvideo.apps.output import output_metadata, output_stem, write_output
 
     extra = dict(job.rewrite.metadata()) if job.rewrite else {}
     if plan.load.loras:
         extra["loras"] = [{"path": str(x.path), "scale": x.scale} for x in plan.load.loras]
     peak = compat.max_memory_allocated(plan.runtime.resolved_device())
-    for i in range(job.request.num_videos):
-        vid = job.id if job.request.num_videos == 1 else f"{job.id}.{i}"
-        meta = output_metadata(result, i, model=model, job_id=job.id, extra=extra)
+    manifest = Manifest(plan.save_path)
+    done = manifest.done_ids() if args.resume else set()
+    for i, vid in enumerate(video_ids(job.id, job.request.num_videos)):
+        if vid in done:  # a job cut off between its videos: the finished ones are kept, not redone
+            continue
+        meta = output_metadata(result, i, model=model, job_id=job.id, extra={**extra, "video": vid})
         stem = output_stem(job.id, result.seeds[i], job.prompt, args.name_suffix)
         path = write_output(result, i, plan.save_path, stem, meta, args.output_type)
-        Manifest(plan.save_path).append({**meta, "id": vid, "job": job.id, "output": str(path),
-                                         "seconds": round(seconds, 2),
-                                         "peak_memory_gib": peak / 2**30 if peak is not None else None})
+        manifest.append({**meta, "id": vid, "job": job.id, "output": str(path), "seconds": round(seconds, 2),
+                         "peak_memory_gib": peak / 2**30 if peak is not None else None})
         log.info("saved %s (seed %d, %.1f s)", path, result.seeds[i], seconds)
 
 
