@@ -79,28 +79,33 @@ def check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
+        except socket.gaierror as exc:
+            raise ValueError(f"--server-name {host!r} is not an address of this machine ({exc.strerror}); "
+                             "use 127.0.0.1 or 0.0.0.0") from None
         except OSError as exc:
             raise ValueError(f"--server-port {port}: cannot listen on {host}:{port} "
-                             f"({exc.strerror}); choose a free port") from None
+                             f"({exc.strerror or exc}); choose a free port") from None
 
 
 def prepare(args: argparse.Namespace):
-    """Check every flag, the port and the paths; join the torchrun group. -> (load, runtime, state)"""
-    from hyvideo.pipeline.components import check_paths
+    """Check every flag, the port and the paths (before torch: the flags, folders and paths;
+    before transformers: the runtime flags); join the torchrun group. -> (load, runtime, state)"""
     from hyvideo.pipeline.variants import load_variant
+
+    cli.check_flags_used(args)
+    load = cli.load_options(args)
+    variant = load_variant(args.model)
+    if int(os.environ.get("RANK", "0")) == 0:
+        cli.check_output_folder(args.output_dir, "--output-dir")
+        check_port_free(args.server_name, args.server_port)
+    cli.check_paths_early(args)
     from hyvideo.runtime.build import device_for_rank
     from hyvideo.runtime.parallel.config import check_degrees
 
-    load, runtime = cli.load_options(args), cli.runtime_options(args)
+    runtime = cli.runtime_options(args)
     runtime.check(load)
-    variant = load_variant(args.model)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     config = cli.parallel_config(args, world, variant.sampling.cfg_scale)
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        cli.check_output_folder(args.output_dir, "--output-dir")
-        check_port_free(args.server_name, args.server_port)
-    check_paths(load)
     if config is None:
         return load, runtime, None
     s = variant.sampling
