@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import random
 import threading
 import time
@@ -76,6 +77,18 @@ class Limits:
     def largest_frames(self, wanted: int, geometry: Geometry = Geometry()) -> int:  # noqa: B008 (frozen)
         """``wanted`` or the largest valid length (4n+1) within the limit."""
         return wanted if wanted <= self.max_frames else geometry.valid_frames(self.max_frames)
+
+
+class ApiNumber(gr.Number):
+    """A number field whose value reaches the handler as it was sent.
+
+    Gradio's own conversion rounds 33.5 to 34 silently and fails on text or NaN with a generic
+    error (and a traceback in the server log); the handler checks the raw value instead, with the
+    same one-line messages as the command line.
+    """
+
+    def preprocess(self, payload):  # noqa: D102 (Gradio's hook)
+        return payload
 
 
 def size_presets(pipeline: HunyuanVideoPipeline, limits: Limits) -> dict[str, tuple[int, int]]:
@@ -179,6 +192,12 @@ class Generator:
                 random_seed: bool, embedded_cfg_scale: float | None, cfg_scale: float | None,
                 flow_shift: float | None) -> GenerationRequest:
         """The page's fields as a checked request (raises :class:`UsageError`)."""
+        if not isinstance(random_seed, bool):
+            raise UsageError(f"random seed must be true or false, got {random_seed!r}", "random_seed")
+        for name, value in (("embedded_cfg_scale", embedded_cfg_scale), ("cfg_scale", cfg_scale),
+                            ("flow_shift", flow_shift)):
+            if value is not None:
+                _number(name, value)
         height, width = self._size(resolution, height, width)
         use_random = random_seed or seed is None or (_number("seed", seed) < 0)
         if not use_random and seed > MAX_SEED:
@@ -240,9 +259,12 @@ class Generator:
 
 
 def _number(name: str, value) -> float:
-    """A page or API field that must be a number (the API may send anything)."""
+    """A page or API field that must be a finite number (the API may send anything)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{name.replace('_', ' ')} must be a number, got {value!r}", name)
+        shown = repr(value) if len(repr(value)) <= 40 else f"{type(value).__name__} {repr(value)[:40]}..."
+        raise UsageError(f"{name.replace('_', ' ')} must be a number, got {shown}", name)
+    if not math.isfinite(value):
+        raise UsageError(f"{name.replace('_', ' ')} must be a finite number, got {value}", name)
     return value
 
 
@@ -251,7 +273,7 @@ def _integer(name: str, value) -> int | None:
     if value is None:
         return None
     value = _number(name, value)
-    if value != value or value in (float("inf"), float("-inf")) or int(value) != value:
+    if int(value) != value:
         raise UsageError(f"{name.replace('_', ' ')} must be a whole number, got {value}", name)
     return int(value)
 
@@ -351,8 +373,8 @@ def _resolution_fields(gen: Generator) -> tuple[gr.Dropdown, gr.Number, gr.Numbe
     resolution = gr.Dropdown(choices, value=value, label="Resolution", elem_id="resolution")
     with gr.Row():
         custom = value == CUSTOM
-        h = gr.Number(height, label="Height (custom)", precision=0, interactive=custom, elem_id="height")
-        w = gr.Number(width, label="Width (custom)", precision=0, interactive=custom, elem_id="width")
+        h = ApiNumber(height, label="Height (custom)", precision=0, interactive=custom, elem_id="height")
+        w = ApiNumber(width, label="Width (custom)", precision=0, interactive=custom, elem_id="width")
     return resolution, h, w
 
 
@@ -369,18 +391,18 @@ def _on_resolution(gen: Generator) -> Callable:
 def _sampling_fields(gen: Generator) -> list[gr.components.Component]:
     d, lim = gen.pipeline.defaults, gen.limits
     with gr.Row():
-        frames = gr.Number(lim.largest_frames(d.video_length, gen.pipeline.geometry),
+        frames = ApiNumber(lim.largest_frames(d.video_length, gen.pipeline.geometry),
                            label=f"Frames ({gen.pipeline.geometry.time_compression_ratio}n+1)", precision=0,
                            elem_id="frames", info=f"at most {lim.max_frames}")
-        steps = gr.Number(min(d.infer_steps, lim.max_steps), label="Steps", precision=0, elem_id="steps",
+        steps = ApiNumber(min(d.infer_steps, lim.max_steps), label="Steps", precision=0, elem_id="steps",
                           info=f"at most {lim.max_steps}")
     with gr.Row():
-        seed = gr.Number(-1, label="Seed", precision=0, elem_id="seed", info="-1 = random")
+        seed = ApiNumber(-1, label="Seed", precision=0, elem_id="seed", info="-1 = random")
         random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
     with gr.Row():
-        embedded = gr.Number(d.embedded_cfg_scale, label="Embedded guidance", elem_id="embedded-cfg-scale")
-        cfg = gr.Number(d.cfg_scale, label="Guidance scale (> 1 runs the negative prompt)", elem_id="cfg-scale")
-        shift = gr.Number(d.flow_shift, label="Flow shift", elem_id="flow-shift")
+        embedded = ApiNumber(d.embedded_cfg_scale, label="Embedded guidance", elem_id="embedded-cfg-scale")
+        cfg = ApiNumber(d.cfg_scale, label="Guidance scale (> 1 runs the negative prompt)", elem_id="cfg-scale")
+        shift = ApiNumber(d.flow_shift, label="Flow shift", elem_id="flow-shift")
     return [frames, steps, seed, random_seed, embedded, cfg, shift]
 
 
