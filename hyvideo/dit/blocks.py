@@ -2,6 +2,11 @@
 
 Both share the same small pieces (modulate, gate, qkv split + RMS norm + RoPE, one attention
 entry point) while keeping the flat official attribute names.
+
+Image-to-video ``token_replace``: the first ``first_tokens`` image tokens (latent frame 0 on this
+process) take their shift, scale and gate from a second vector ``first_vec``; every other token,
+text included, from ``vec``. The two token ranges are modulated as two slices of one tensor, so
+no per-token copy of the modulation is ever made.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import torch
 from torch import nn
 
 from hyvideo.dit.attention import AttentionGroups, attention
-from hyvideo.dit.layers import MLP, Modulation, RMSNorm, activation, gated, layer_norm, modulate
+from hyvideo.dit.layers import MLP, Mod, Modulation, RMSNorm, activation, gated, layer_norm, modulate
 from hyvideo.dit.rope import apply_rope
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [N_img, head_dim]
@@ -37,6 +42,27 @@ def split_heads(qkv: torch.Tensor, heads: int, q_norm: nn.Module, k_norm: nn.Mod
     return q, k, v
 
 
+def modulate_tokens(x: torch.Tensor, mod: Mod, first: Mod | None = None, split: int = 0) -> torch.Tensor:
+    """``modulate(layer_norm(x))`` with ``mod``; tokens ``:split`` with ``first`` instead."""
+    if first is None:
+        return modulate(layer_norm(x), mod.shift, mod.scale)
+    normed = layer_norm(x)  # a fresh tensor: each token range is modulated in place
+    for rows, m in ((slice(None, split), first), (slice(split, None), mod)):
+        normed[:, rows].mul_(1 + m.scale.unsqueeze(1)).add_(m.shift.unsqueeze(1))
+    return normed
+
+
+def gated_tokens(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tensor,
+                 first_gate: torch.Tensor | None = None, split: int = 0) -> torch.Tensor:
+    """``residual + gate * update``; tokens ``:split`` gated by ``first_gate`` instead."""
+    if first_gate is None:
+        return gated(residual, update, gate)
+    out = residual.clone()  # the block's input stays intact (the step caches read it)
+    for rows, g in ((slice(None, split), first_gate), (slice(split, None), gate)):
+        out[:, rows].addcmul_(update[:, rows], g.unsqueeze(1))
+    return out
+
+
 class MMDoubleStreamBlock(nn.Module):
     """Image and text streams with their own weights, joined only in attention."""
 
@@ -61,10 +87,13 @@ class MMDoubleStreamBlock(nn.Module):
         self.txt_mlp = MLP(hidden, mlp_hidden, "gelu_tanh", **kw)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, rope: Rope | None,
-                groups: AttentionGroups, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """img [B, N, C], txt [B, L, C], vec [B, C] -> updated (img, txt)."""
+                groups: AttentionGroups, backend: str, first_vec: torch.Tensor | None = None,
+                first_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """img [B, N, C], txt [B, L, C], vec [B, C] -> updated (img, txt). token_replace:
+        ``first_vec`` [B, C] modulates image tokens ``:first_tokens`` (see the module docstring)."""
         img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
-        img_qkv = split_heads(self.img_attn_qkv(modulate(layer_norm(img), img_mods[0].shift, img_mods[0].scale)),
+        first_mods = self.first_mods(first_vec, first_tokens)
+        img_qkv = split_heads(self.img_attn_qkv(modulate_tokens(img, img_mods[0], first_mods[0], first_tokens)),
                               self.heads, self.img_attn_q_norm, self.img_attn_k_norm, rope)  # RoPE: image only
         txt_qkv = split_heads(self.txt_attn_qkv(modulate(layer_norm(txt), txt_mods[0].shift, txt_mods[0].scale)),
                               self.heads, self.txt_attn_q_norm, self.txt_attn_k_norm, None)
@@ -73,15 +102,28 @@ class MMDoubleStreamBlock(nn.Module):
         attn = attention(q, k, v, groups, backend=backend)  # [B, N+L, C]
         del q, k, v
         n = img.shape[1]
-        img = finish_stream(img, self.img_attn_proj(attn[:, :n]), self.img_mlp, img_mods)
+        img = finish_stream(img, self.img_attn_proj(attn[:, :n]), self.img_mlp, img_mods, first_mods, first_tokens)
         txt = finish_stream(txt, self.txt_attn_proj(attn[:, n:]), self.txt_mlp, txt_mods)
         return img, txt
 
+    def first_mods(self, first_vec: torch.Tensor | None, first_tokens: int) -> list[Mod | None]:
+        """``img_mod(first_vec)`` when some image tokens are frame-0 tokens, else two Nones."""
+        return self.img_mod(first_vec) if first_vec is not None and first_tokens else [None, None]
 
-def finish_stream(x: torch.Tensor, attn_out: torch.Tensor, mlp: nn.Module, mods) -> torch.Tensor:
+    def modulated_img(self, img: torch.Tensor, vec: torch.Tensor, first_vec: torch.Tensor | None = None,
+                      first_tokens: int = 0) -> torch.Tensor:
+        """The image stream's modulated attention input [B, N, C] (TeaCache's change indicator)."""
+        return modulate_tokens(img, self.img_mod(vec)[0], self.first_mods(first_vec, first_tokens)[0],
+                               first_tokens)
+
+
+def finish_stream(x: torch.Tensor, attn_out: torch.Tensor, mlp: nn.Module, mods,
+                  first_mods=(None, None), split: int = 0) -> torch.Tensor:
     """The gated attention residual, then the gated MLP residual of one stream."""
-    x = gated(x, attn_out, mods[0].gate)
-    return gated(x, mlp(modulate(layer_norm(x), mods[1].shift, mods[1].scale)), mods[1].gate)
+    first_attn, first_mlp = first_mods
+    x = gated_tokens(x, attn_out, mods[0].gate, first_attn and first_attn.gate, split)
+    update = mlp(modulate_tokens(x, mods[1], first_mlp, split))
+    return gated_tokens(x, update, mods[1].gate, first_mlp and first_mlp.gate, split)
 
 
 class MMSingleStreamBlock(nn.Module):
@@ -99,10 +141,13 @@ class MMSingleStreamBlock(nn.Module):
         self.modulation = Modulation(hidden, 1, **kw)
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor, n_img: int, rope: Rope | None,
-                groups: AttentionGroups, backend: str) -> torch.Tensor:
-        """x [B, N+L, C] (image tokens first) -> [B, N+L, C]."""
+                groups: AttentionGroups, backend: str, first_vec: torch.Tensor | None = None,
+                first_tokens: int = 0) -> torch.Tensor:
+        """x [B, N+L, C] (image tokens first) -> [B, N+L, C]. token_replace: ``first_vec``
+        modulates positions ``:first_tokens`` of the fused sequence, ``vec`` all the others."""
         (mod,) = self.modulation(vec)
-        h = self.linear1(modulate(layer_norm(x), mod.shift, mod.scale))  # [B, S, 3C + M]
+        first = self.modulation(first_vec)[0] if first_vec is not None and first_tokens else None
+        h = self.linear1(modulate_tokens(x, mod, first, first_tokens))  # [B, S, 3C + M]
         qkv, mlp = h.split([3 * self.hidden, self.mlp_hidden], dim=-1)
         q, k, v = split_heads(qkv, self.heads, self.q_norm, self.k_norm, rope, n_img)
         # q and k are fresh tensors; copying v too lets the wide linear1 output be freed before
@@ -113,4 +158,4 @@ class MMSingleStreamBlock(nn.Module):
         attn = attention(q, k, v, groups, backend=backend)  # [B, S, C]
         del q, k, v
         out = self.linear2(torch.cat([attn, mlp], dim=-1))
-        return gated(x, out, mod.gate)
+        return gated_tokens(x, out, mod.gate, first and first.gate, first_tokens)

@@ -20,6 +20,9 @@ def config_from_dict(cls, data: dict[str, Any]):
     return cls(**values)
 
 
+I2V_CONDITION_TYPES = (None, "token_replace", "latent_concat")
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     """Hyper-parameters of ``HYVideoDiffusionTransformer`` (official argument names)."""
@@ -44,6 +47,11 @@ class DiTConfig:
     use_attention_mask: bool = True
     rope_theta: float = 256.0
     token_refiner_depth: int = 2  # hard-coded in the reference, exposed here for clarity
+    # Image-to-video (HunyuanVideo-I2V): "token_replace" (the current release; the image tokens of
+    # latent frame 0 are modulated by their own vector) or "latent_concat" (the first release;
+    # noise, image latent and mask concatenated: in_channels = 2 * out_channels + 1). The
+    # reference takes it from its CLI; here it belongs to the model it describes.
+    i2v_condition_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.heads_num:
@@ -58,6 +66,18 @@ class DiTConfig:
             raise ValueError(f"unsupported qk_norm_type {self.qk_norm_type!r}")
         if self.text_projection not in ("single_refiner", "linear"):
             raise ValueError(f"unsupported text_projection {self.text_projection!r}")
+        self._check_i2v()
+
+    def _check_i2v(self) -> None:
+        kind = self.i2v_condition_type
+        if kind not in I2V_CONDITION_TYPES:
+            raise ValueError(f"i2v_condition_type {kind!r}: use one of "
+                             f"{', '.join(map(str, I2V_CONDITION_TYPES))}")
+        want = {"token_replace": self.out_channels,
+                "latent_concat": 2 * self.out_channels + 1}.get(kind, self.in_channels)
+        if self.in_channels != want:
+            raise ValueError(f"i2v_condition_type {kind!r} needs in_channels {want} "
+                             f"(out_channels {self.out_channels}), got {self.in_channels}")
 
     @property
     def head_dim(self) -> int:
@@ -75,13 +95,11 @@ class DiTConfig:
 def dit_config_from_diffusers(config: Mapping[str, object]) -> DiTConfig:
     """``transformer/config.json`` of the diffusers layout -> our :class:`DiTConfig`.
 
-    Raises ``ValueError`` for what the text-to-video DiT cannot be (an image-conditioned model,
-    a qk-norm other than RMS).
+    diffusers' ``image_condition_type`` (``token_replace``, ``latent_concat``: the I2V releases) is
+    our ``i2v_condition_type``. Raises ``ValueError`` for a qk-norm other than RMS or an unknown
+    condition type.
     """
     c = {**DIFFUSERS_DIT_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-    if c["image_condition_type"] is not None:
-        raise ValueError(f"image_condition_type {c['image_condition_type']!r}: this is an image-to-video "
-                         "transformer; only the text-to-video HunyuanVideo DiT is supported")
     if c["qk_norm"] != "rms_norm":
         raise ValueError(f"qk_norm {c['qk_norm']!r} is not supported (HunyuanVideo uses rms_norm)")
     values = {ours: c[theirs] for theirs, ours in DIT_CONFIG_NAMES.items()}
@@ -89,7 +107,7 @@ def dit_config_from_diffusers(config: Mapping[str, object]) -> DiTConfig:
     return DiTConfig(
         hidden_size=int(c["num_attention_heads"]) * int(c["attention_head_dim"]),
         patch_size=(int(c["patch_size_t"]), int(c["patch_size"]), int(c["patch_size"])),
-        qk_norm=True, qk_norm_type="rms", **values,
+        qk_norm=True, qk_norm_type="rms", i2v_condition_type=c["image_condition_type"], **values,
     )
 
 
@@ -101,4 +119,6 @@ def dit_config_to_diffusers(config: DiTConfig) -> dict[str, object]:
     out["rope_axes_dim"] = tuple(config.rope_dim_list)
     out.update(attention_head_dim=config.head_dim, patch_size=config.patch_size[1],
                patch_size_t=config.patch_size[0], qk_norm="rms_norm")
+    if config.i2v_condition_type is not None:
+        out["image_condition_type"] = config.i2v_condition_type
     return out

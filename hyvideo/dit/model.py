@@ -21,6 +21,14 @@ Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [N_img, head_dim]
 
 
 @dataclass
+class FirstFrame:
+    """Image-to-video ``token_replace``: latent frame 0's image tokens take their own vector."""
+
+    vec: torch.Tensor  # [B, C] token_replace_vec = time_in(0) + vector_in(pooled CLIP)
+    tokens: int  # how many of this process's image tokens are frame 0 (always a prefix of them)
+
+
+@dataclass
 class BlockInputs:
     """What every transformer block of one forward shares."""
 
@@ -29,6 +37,13 @@ class BlockInputs:
     groups: AttentionGroups  # who attends to whom (text lengths)
     attention: str | Callable  # a backend name, or sequence parallelism's cross-rank attention
     token_groups: tuple = ()  # process groups holding the other image tokens (sequence parallel)
+    first_frame: FirstFrame | None = None  # token_replace (I2V), when this process has frame-0 tokens
+
+    @property
+    def first_frame_args(self) -> tuple:
+        """The blocks' trailing ``(first_vec, first_tokens)`` arguments; () without token_replace."""
+        f = self.first_frame
+        return () if f is None else (f.vec, f.tokens)
 
 
 class TokenSplit(Protocol):
@@ -38,6 +53,10 @@ class TokenSplit(Protocol):
     attention: Callable  # attention across the ranks of ``group``
 
     def scatter(self, img: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, Rope]: ...
+
+    def first_row(self, num_tokens: int) -> int:
+        """Index of this rank's first image token among all ``num_tokens`` (its chunk is contiguous)."""
+        ...
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
@@ -117,6 +136,11 @@ class HYVideoDiffusionTransformer(nn.Module):
             step_cache: runs the blocks or reuses their last effect (denoising loops pass it).
             token_split: sequence parallelism; this process keeps its share of the image tokens
                 after patch embedding and the output is gathered once at the end.
+
+        Image-to-video needs no extra argument: ``config.i2v_condition_type`` says it. With
+        ``token_replace`` the image tokens of latent frame 0 (the first H'*W') are modulated by
+        ``token_replace_vec`` (:meth:`first_frame`); with ``latent_concat`` ``x`` has
+        ``in_channels`` = 33 (noise, image latent on frame 0, mask) and the output 16.
         Returns:
             [B, out_channels, T, H, W]
         """
@@ -124,13 +148,16 @@ class HYVideoDiffusionTransformer(nn.Module):
         rope = rope if rope is not None else self.rope(tuple(x.shape[2:]), device=x.device)
         vec = self.conditioning_vector(t, text_states_2, guidance)  # [B, C]
         img = self.img_in(x.to(self.dtype))  # [B, N, C]
+        first_row = 0
         if token_split is not None:  # this rank's chunk: [B, N/P, C] and its RoPE rows
+            first_row = token_split.first_row(img.shape[1])
             img, rope = token_split.scatter(img, rope)
+        first_frame = self.first_frame(t, text_states_2, grid, first_row, img.shape[1])
         txt, mask = self.text_tokens(text_states, text_mask, t)  # [B, L', C], [B, L'] or None
         groups = AttentionGroups.from_text_mask(img.shape[1], mask, txt.shape[1])
-        inputs = BlockInputs(vec, rope, groups, self.attention_backend)
+        inputs = BlockInputs(vec, rope, groups, self.attention_backend, (), first_frame)
         if token_split is not None:
-            inputs = BlockInputs(vec, rope, groups, token_split.attention, (token_split.group,))
+            inputs = BlockInputs(vec, rope, groups, token_split.attention, (token_split.group,), first_frame)
 
         if step_cache is not None:  # the cache decides whether the blocks run this step
             img = step_cache.run(self, img, txt, inputs)
@@ -150,6 +177,20 @@ class HYVideoDiffusionTransformer(nn.Module):
                 raise ValueError("this model embeds guidance: pass guidance (embedded_cfg_scale*1000)")
             vec = vec + self.guidance_in(guidance)
         return vec
+
+    def first_frame(self, t: torch.Tensor, text_states_2: torch.Tensor, grid: tuple[int, int, int],
+                    first_row: int, num_local: int) -> FirstFrame | None:
+        """token_replace (I2V): ``token_replace_vec = time_in(0) + vector_in(pooled CLIP)`` -- no
+        guidance term -- and how many of this process's image tokens (rows ``first_row`` on, of
+        ``num_local``) lie in latent frame 0 (the first H'*W' tokens: they run t-major).
+        None for other models, or when none of this process's tokens is a frame-0 token."""
+        if self.config.i2v_condition_type != "token_replace":
+            return None
+        tokens = min(max(grid[1] * grid[2] - first_row, 0), num_local)
+        if tokens == 0:
+            return None
+        vec = self.time_in(torch.zeros_like(t)) + self.vector_in(text_states_2.to(self.dtype))
+        return FirstFrame(vec, tokens)
 
     def text_tokens(self, text_states: torch.Tensor, text_mask: torch.Tensor | None,
                     t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -175,7 +216,8 @@ class HYVideoDiffusionTransformer(nn.Module):
     def run_double_block(self, index: int, img: torch.Tensor, txt: torch.Tensor,
                          inputs: BlockInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Double block ``index`` alone: (img [B, N, C], txt [B, L, C]) -> updated (img, txt)."""
-        return self.double_blocks[index](img, txt, inputs.vec, inputs.rope, inputs.groups, inputs.attention)
+        return self.double_blocks[index](img, txt, inputs.vec, inputs.rope, inputs.groups, inputs.attention,
+                                         *inputs.first_frame_args)
 
     def run_blocks_from(self, first: int, img: torch.Tensor, txt: torch.Tensor,
                         inputs: BlockInputs) -> torch.Tensor:
@@ -187,7 +229,8 @@ class HYVideoDiffusionTransformer(nn.Module):
         x_tokens = torch.cat([img, txt], dim=1)  # [B, N+L, C]
         del img, txt
         for block in self.single_blocks:
-            x_tokens = block(x_tokens, inputs.vec, n_img, inputs.rope, inputs.groups, inputs.attention)
+            x_tokens = block(x_tokens, inputs.vec, n_img, inputs.rope, inputs.groups, inputs.attention,
+                             *inputs.first_frame_args)
         return x_tokens[:, :n_img]
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

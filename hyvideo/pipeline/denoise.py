@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -45,12 +46,53 @@ def embedded_guidance(scale: float, batch: int, dtype: torch.dtype, device) -> t
     return torch.full((batch,), float(scale), dtype=torch.float32, device=device).to(dtype) * 1000.0
 
 
+def dit_guidance(dit: torch.nn.Module, scale: float | None, rows: int, device) -> torch.Tensor | None:
+    """The DiT's ``guidance`` input for ``rows`` rows (None without embedded guidance)."""
+    if scale is None:
+        return None
+    return embedded_guidance(scale, rows, getattr(dit, "dtype", torch.float32), device)
+
+
+@contextmanager
+def cache_generation(cache: StepCache | None, steps: int) -> Iterator[None]:
+    """A generation of ``steps`` steps for ``cache``: reset at the start, emptied at the end (its
+    cached residuals are as large as the image tokens; its statistics stay readable)."""
+    if cache is None:
+        yield
+        return
+    cache.begin(steps)
+    try:
+        yield
+    finally:
+        cache.end()
+
+
 def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
     if x.shape[0] == batch:
         return x
     if batch % x.shape[0]:
         raise ValueError(f"cannot spread {x.shape[0]} prompts over {batch} videos")
     return x.repeat_interleave(batch // x.shape[0], dim=0)
+
+
+def text_batch(cond: TextConditioning, negative: TextConditioning | None, batch: int,
+               use_cfg: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DiT's (states, mask, pooled) for ``batch`` videos: rows [negative; positive] with CFG."""
+    if use_cfg and negative is None:
+        raise ValueError("cfg_scale > 1 needs a negative prompt conditioning")
+    parts = [negative, cond] if use_cfg else [cond]
+    states = torch.cat([_repeat_to(p.states, batch) for p in parts])
+    mask = torch.cat([_repeat_to(p.mask, batch) for p in parts])
+    pooled = torch.cat([_repeat_to(p.pooled, batch) for p in parts])
+    return states, mask, pooled
+
+
+def apply_cfg(out: torch.Tensor, cfg_scale: float, use_cfg: bool) -> torch.Tensor:
+    """The velocity from a DiT output: ``u + cfg_scale * (c - u)`` of its [u; c] halves with CFG."""
+    if not use_cfg:
+        return out
+    uncond, text = out.float().chunk(2)
+    return uncond + cfg_scale * (text - uncond)
 
 
 def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSchedule,
@@ -75,40 +117,21 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
     Returns:
         [B, C, T, H, W] float32 final latents.
     """
-    batch = latents.shape[0]
     use_cfg = cfg_scale > 1.0
-    if use_cfg and negative is None:
-        raise ValueError("cfg_scale > 1 needs a negative prompt conditioning")
-    parts = [negative, cond] if use_cfg else [cond]
-    states = torch.cat([_repeat_to(p.states, batch) for p in parts])
-    mask = torch.cat([_repeat_to(p.mask, batch) for p in parts])
-    pooled = torch.cat([_repeat_to(p.pooled, batch) for p in parts])
+    states, mask, pooled = text_batch(cond, negative, latents.shape[0], use_cfg)
     rows = states.shape[0]
-    dtype = getattr(dit, "dtype", torch.float32)
-    guidance = None
-    if embedded_cfg_scale is not None:
-        guidance = embedded_guidance(embedded_cfg_scale, rows, dtype, latents.device)
-
+    guidance = dit_guidance(dit, embedded_cfg_scale, rows, latents.device)
     latents = latents.float()
     timesteps = schedule.timesteps.to(latents.device)
     cache = step_cache
-    if cache is not None:
-        cache.begin(schedule.steps)
-    try:
+    with cache_generation(cache, schedule.steps):
         for k in range(schedule.steps):
             if cache is not None:
                 cache.start_step(k)
             t = timesteps[k].repeat(rows)  # float32 [rows]
             x = torch.cat([latents] * 2) if use_cfg else latents
             out = predict(dit, x, t, states, mask, pooled, guidance, cfg_pair=use_cfg, step_cache=cache)
-            pred = out
-            if use_cfg:
-                uncond, text = out.float().chunk(2)
-                pred = uncond + cfg_scale * (text - uncond)
-            latents = schedule.step(k, latents, pred)
+            latents = schedule.step(k, latents, apply_cfg(out, cfg_scale, use_cfg))
             if callback is not None:
                 callback(StepInfo(k, schedule.steps, t, guidance, out, latents))
-    finally:
-        if cache is not None:
-            cache.end()  # free the cached residuals (as large as the image tokens)
     return latents

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from hyvideo.dit.layers import layer_norm, modulate
 
 MODES = ("none", "teacache", "first-block")
 
@@ -212,8 +211,8 @@ class TeaCache(StepCache):
 
     def run(self, dit, img, txt, inputs) -> torch.Tensor:
         self._enter()
-        mod = dit.double_blocks[0].img_mod(inputs.vec)[0]
-        modulated = modulate(layer_norm(img), mod.shift, mod.scale)  # [B, N, C] block 0's input
+        # [B, N, C] block 0's modulated input (token_replace: frame 0 with its own vector)
+        modulated = dit.double_blocks[0].modulated_img(img, inputs.vec, *inputs.first_frame_args)
         previous, self._previous_input = self._previous_input, modulated
         distance = None
         if self._forced(img) or previous is None or previous.shape != modulated.shape:

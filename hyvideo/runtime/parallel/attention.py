@@ -34,12 +34,16 @@ class TokenSplit:
 
     def scatter(self, img: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
         """img [B, N, C], rope ([N, D], [N, D]) -> this rank's [B, N/P, C] and rope rows."""
-        n = img.shape[1]
-        if n % self.parts:
-            raise ParallelError(f"{n} image tokens cannot be split over {self.parts} ranks")
-        chunk = n // self.parts
-        rows = slice(self.index * chunk, (self.index + 1) * chunk)
+        first = self.first_row(img.shape[1])
+        rows = slice(first, first + img.shape[1] // self.parts)
         return img[:, rows], (rope[0][rows], rope[1][rows])
+
+    def first_row(self, num_tokens: int) -> int:
+        """Where this rank's chunk starts among ``num_tokens`` image tokens (the DiT's token_replace
+        needs it: which of this rank's tokens belong to latent frame 0)."""
+        if num_tokens % self.parts:
+            raise ParallelError(f"{num_tokens} image tokens cannot be split over {self.parts} ranks")
+        return self.index * (num_tokens // self.parts)
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, N/P, C] on every rank -> [B, N, C] on every rank (rank order)."""
