@@ -79,16 +79,40 @@ class Limits:
         return wanted if wanted <= self.max_frames else geometry.valid_frames(self.max_frames)
 
 
-class ApiNumber(gr.Number):
-    """A number field whose value reaches the handler as it was sent.
+class _AsSent:
+    """A form field whose value reaches the handler as it was sent.
 
-    Gradio's own conversion rounds 33.5 to 34 silently and fails on text or NaN with a generic
-    error (and a traceback in the server log); the handler checks the raw value instead, with the
-    same one-line messages as the command line.
+    Gradio's own conversions round 33.5 to 34 and turn 5 into "5" silently, and fail on text, NaN
+    or an unknown choice with a generic error (and a traceback in the server log); the handler
+    checks the raw value instead, with the same one-line messages as the command line.
     """
 
     def preprocess(self, payload):  # noqa: D102 (Gradio's hook)
         return payload
+
+
+class ApiNumber(_AsSent, gr.Number):
+    pass
+
+
+class ApiText(_AsSent, gr.Textbox):
+    pass
+
+
+class ApiChoice(_AsSent, gr.Dropdown):
+    pass
+
+
+class Page(gr.Blocks):
+    """The page; an API call with too few values gets one line, not a traceback in the log."""
+
+    def validate_inputs(self, block_fn, inputs):  # noqa: D102 (Gradio's hook)
+        try:
+            super().validate_inputs(block_fn, inputs)
+        except ValueError:
+            names = [getattr(c, "label", None) or type(c).__name__ for c in block_fn.inputs]
+            raise gr.Error(f"this endpoint takes {len(names)} values ({', '.join(map(str, names))}); "
+                           f"the request has {len(inputs)}", print_exception=False) from None
 
 
 def size_presets(pipeline: HunyuanVideoPipeline, limits: Limits) -> dict[str, tuple[int, int]]:
@@ -192,18 +216,18 @@ class Generator:
                 random_seed: bool, embedded_cfg_scale: float | None, cfg_scale: float | None,
                 flow_shift: float | None) -> GenerationRequest:
         """The page's fields as a checked request (raises :class:`UsageError`)."""
+        # The request checks every value's type and range; these two are the page's own fields.
+        if not isinstance(resolution, str):
+            raise UsageError(f"resolution must be a preset name or {CUSTOM!r}, got {resolution!r}", "resolution")
         if not isinstance(random_seed, bool):
             raise UsageError(f"random seed must be true or false, got {random_seed!r}", "random_seed")
-        for name, value in (("embedded_cfg_scale", embedded_cfg_scale), ("cfg_scale", cfg_scale),
-                            ("flow_shift", flow_shift)):
-            if value is not None:
-                _number(name, value)
         height, width = self._size(resolution, height, width)
         use_random = random_seed or seed is None or (_number("seed", seed) < 0)
         if not use_random and seed > MAX_SEED:
             raise UsageError(f"seed {int(seed)} is too large; use 0 to {MAX_SEED}, or -1 for a random seed")
         request = self.pipeline.request(
-            prompt or "", negative_prompt=(negative_prompt or "").strip() or None, height=height,
+            "" if prompt is None else prompt, height=height,
+            negative_prompt=negative_prompt.strip() or None if isinstance(negative_prompt, str) else negative_prompt,
             width=width, video_length=_integer("video_length", video_length),
             infer_steps=_integer("infer_steps", infer_steps),
             seed=random.randrange(2**31) if use_random else _integer("seed", seed), cfg_scale=cfg_scale,
@@ -370,7 +394,7 @@ def _resolution_fields(gen: Generator) -> tuple[gr.Dropdown, gr.Number, gr.Numbe
     choices.append(("custom (height x width below)", CUSTOM))
     value = _default_resolution(gen)
     height, width = gen.presets.get(value, (gen.pipeline.defaults.height, gen.pipeline.defaults.width))
-    resolution = gr.Dropdown(choices, value=value, label="Resolution", elem_id="resolution")
+    resolution = ApiChoice(choices, value=value, label="Resolution", elem_id="resolution")
     with gr.Row():
         custom = value == CUSTOM
         h = ApiNumber(height, label="Height (custom)", precision=0, interactive=custom, elem_id="height")
@@ -413,18 +437,18 @@ def build_demo(pipeline: HunyuanVideoPipeline, *, output_dir: Path, limits: Limi
     Launch it with ``allowed_paths=[output_dir]`` so the page can serve the videos.
     """
     gen = Generator(pipeline, output_dir, limits)
-    with gr.Blocks(title="HunyuanVideo", analytics_enabled=False) as demo:
+    with Page(title="HunyuanVideo", analytics_enabled=False) as demo:
         gr.Markdown(_intro(pipeline))
         history = gr.State([])
         with gr.Row():
             with gr.Column():
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                prompt = ApiText(label="Prompt", lines=3, elem_id="prompt",
                                     placeholder="Describe the video to generate")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Example prompts")
-                negative = gr.Textbox("", label="Negative prompt", lines=2, elem_id="negative-prompt",
+                negative = ApiText("", label="Negative prompt", lines=2, elem_id="negative-prompt",
                                       placeholder="empty: the official negative prompt (used when guidance scale > 1)")
                 resolution, height, width = _resolution_fields(gen)
                 frames, steps, seed, random_seed, embedded, cfg, shift = _sampling_fields(gen)
