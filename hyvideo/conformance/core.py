@@ -46,6 +46,28 @@ MANIFEST_CHECKERS: dict[str, str] = {
 }
 
 
+class CaseError(ValueError):
+    """A case or manifest that cannot be used as it is (the message says why, in one line)."""
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A JSON object from ``file``, or CaseError saying what is wrong with it."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        text = exc.doc.strip()
+        cut = "; the file looks cut off" if text[:1] in "{[" and not text.endswith(("}", "]")) else ""
+        raise CaseError(f"{file.name} is not valid JSON ({exc.msg}, line {exc.lineno} column "
+                        f"{exc.colno}){cut}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaseError(f"cannot read {file.name}: {getattr(exc, 'strerror', None) or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise CaseError(f"{file.name} is not valid JSON: {exc or 'nested too deeply'}") from None
+    if not isinstance(data, dict):
+        raise CaseError(f"{file.name} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
 @dataclass
 class Case:
     """One case folder; tensors are read on first use."""
@@ -55,8 +77,21 @@ class Case:
 
     @classmethod
     def open(cls, path: str | Path) -> Case:
+        """Read ``case.json``; CaseError when it is unreadable or lacks what every case has."""
         path = Path(path)
-        return cls(path, json.loads((path / "case.json").read_text()))
+        meta = read_json_object(path / "case.json")
+        if not isinstance(meta.get("kind"), str) or not meta["kind"]:
+            raise CaseError(f"case.json has no 'kind' (one of: {', '.join(sorted(RUNNERS))})")
+        outputs = meta.get("outputs", [])
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            raise CaseError(f"case.json: 'outputs' must be a list of tensor names, got {outputs!r:.60}")
+        tolerance = meta.get("tolerance", {})
+        if not isinstance(tolerance, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                for v in tolerance.values()):
+            raise CaseError(f"case.json: 'tolerance' must map atol/rtol to finite numbers >= 0, "
+                            f"got {tolerance!r:.60}")
+        return cls(path, meta)
 
     @property
     def kind(self) -> str:
@@ -124,9 +159,16 @@ class Result:
         return self.worst <= 1.0 and not self.detail.startswith("error")
 
     def line(self) -> str:
+        """``PASS|FAIL <kind> <name> worst=<ratio> (<detail>)``, always one line."""
         status = "PASS" if self.passed else "FAIL"
-        text = f"{status} {self.kind} {self.name} worst={self.worst:.4g}"
-        return f"{text} ({self.detail})" if self.detail else text
+        text = f"{status} {_one_line(self.kind)} {_one_line(self.name)} worst={self.worst:.4g}"
+        return f"{text} ({_one_line(self.detail, 300)})" if self.detail else text
+
+
+def _one_line(text: Any, limit: int = 120) -> str:
+    """``text`` with its whitespace runs (newlines included) as one space, shortened to ``limit``."""
+    flat = " ".join(str(text).split()) or "?"
+    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
 
 
 def _resolve(spec: str):
@@ -142,7 +184,8 @@ def run_case(case: Case, **options: Any) -> Result:
     """
     spec = RUNNERS.get(case.kind)
     if spec is None:
-        return Result(case.kind, case.name, math.inf, "error: kind not implemented")
+        return Result(case.kind, case.name, math.inf, f"error: unknown kind {case.kind!r} "
+                      f"(known: {', '.join(sorted(RUNNERS))})")
     try:
         runner = _resolve(spec)
         accepted = inspect.signature(runner).parameters
@@ -153,8 +196,13 @@ def run_case(case: Case, **options: Any) -> Result:
     tol = case.meta.get("tolerance", {})
     atol, rtol = float(tol.get("atol", 0)), float(tol.get("rtol", 0))
     per: dict[str, float] = {}
-    for name in case.outputs:
-        per[name] = math.inf if name not in got else worst_ratio(got[name], case[name], atol, rtol)
+    try:
+        for name in case.outputs:
+            if name in got and name not in case:
+                raise CaseError(f"expected output {name!r} is not in tensors.safetensors")
+            per[name] = math.inf if name not in got else worst_ratio(got[name], case[name], atol, rtol)
+    except Exception as exc:  # a missing or unreadable expected tensor: this case fails, the run goes on
+        return Result(case.kind, case.name, math.inf, f"error: {type(exc).__name__}: {exc}")
     worst = max(per.values(), default=math.inf)
     bad = [n for n, w in per.items() if not w <= 1.0]
     detail = f"worst outputs: {', '.join(bad[:4])}" if bad else ""
@@ -163,8 +211,11 @@ def run_case(case: Case, **options: Any) -> Result:
 
 def run_manifest(path: Path) -> Result:
     """Check a full-size model built on the meta device against a manifest."""
-    meta = json.loads(path.read_text())
     name = path.stem
+    try:
+        meta = read_json_object(path)
+    except CaseError as exc:
+        return Result("manifest", name, math.inf, f"error: {exc}")
     spec = next((v for k, v in MANIFEST_CHECKERS.items() if name.startswith(k)), None)
     if spec is None:
         return Result("manifest", name, math.inf, "error: no checker for this manifest")
@@ -176,6 +227,14 @@ def run_manifest(path: Path) -> Result:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         return Result("manifest", name, math.inf, "; ".join(problems[:3]) + more)
     return Result("manifest", name, 0.0)
+
+
+def open_case(path: Path) -> Case | Result:
+    """The case at ``path``, or a FAIL result naming it and what is wrong with its case.json."""
+    try:
+        return Case.open(path)
+    except CaseError as exc:
+        return Result("case", path.name, math.inf, f"error: {exc}")
 
 
 def discover(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
