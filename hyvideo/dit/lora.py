@@ -24,8 +24,8 @@ scale can then change per call and :func:`detach_loras` restores the plain modul
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from torch import nn
 
 from hyvideo.checkpoints.keys import ModuleTarget, diffusers_module_targets
 from hyvideo.dit.fp8 import FP8_DTYPE, FP8Linear
-from hyvideo.checkpoints.reading import CheckpointError, read_state_dict
+from hyvideo.checkpoints.reading import CheckpointError, read_json, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,7 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], float | N
     if path.is_dir():
         config = path / "adapter_config.json"
         if config.is_file():
-            cfg = json.loads(config.read_text())
-            if cfg.get("lora_alpha") and cfg.get("r"):
-                alpha_scale = float(cfg["lora_alpha"]) / float(cfg["r"])
+            alpha_scale = _peft_alpha_scale(config)
         files = sorted(path.glob("adapter_model.safetensors")) or sorted(path.glob("*.safetensors"))
         if len(files) != 1:
             raise LoraError(f"LoRA folder {path}: expected one adapter_model.safetensors, found "
@@ -112,6 +110,28 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], float | N
     if not path.is_file():
         raise LoraError(f"LoRA file not found: {path}")
     return read_state_dict(path), alpha_scale
+
+
+def _peft_alpha_scale(config: Path) -> float | None:
+    """``lora_alpha / r`` of a PEFT ``adapter_config.json`` (None when it gives neither)."""
+    cfg = read_json(config, "a PEFT adapter folder's config")
+    alpha, rank = cfg.get("lora_alpha"), cfg.get("r")
+    if alpha is None and rank is None:
+        return None
+    for name, value in (("lora_alpha", alpha), ("r", rank)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise LoraError(f"{config}: {name} must be a positive number, got {value!r}")
+    return float(alpha) / float(rank)
+
+
+def _alpha(name: str, module: str, alpha: torch.Tensor) -> float:
+    """A LoRA's ``.alpha``: one finite number."""
+    if alpha.numel() != 1:
+        raise LoraError(f"{name}: {module}.alpha has shape {tuple(alpha.shape)}; an alpha is one number")
+    value = float(alpha.float())
+    if not math.isfinite(value):
+        raise LoraError(f"{name}: {module}.alpha is {value}, not a finite number")
+    return value
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
@@ -185,9 +205,11 @@ def match_lora(model: nn.Module, state: dict[str, torch.Tensor], *, name: str = 
         if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
             raise LoraError(f"{name}: {module} has down {tuple(down.shape)} / up {tuple(up.shape)}, "
                             "not a linear LoRA pair")
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
+            raise LoraError(f"{name}: {module} holds NaN or infinite values; the file is damaged")
         rank = down.shape[0]
         if "alpha" in tensors:
-            up = up * (float(tensors["alpha"]) / rank)
+            up = up * (_alpha(name, module, tensors["alpha"]) / rank)
         elif alpha_scale is not None:
             up = up * alpha_scale
         parts.setdefault(target.module, []).append((target, down, up))

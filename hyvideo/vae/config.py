@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -79,7 +78,9 @@ class VAEConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> VAEConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from hyvideo.checkpoints.reading import read_json
+
+        return cls.from_dict(read_json(Path(path), "the VAE folder's config.json, as released"))
 
     @property
     def num_blocks(self) -> int:
