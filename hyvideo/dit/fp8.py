@@ -161,8 +161,11 @@ def set_fp8_scales(model: nn.Module, scales: Mapping[str, torch.Tensor], source:
         )
     for name, layer in layers.items():
         scale = scales[name]
-        if scale.numel() != 1:
-            raise CheckpointError(f"{source}: scale of {name} has shape {tuple(scale.shape)}, expected [] or [1]")
+        if not isinstance(scale, torch.Tensor) or scale.numel() != 1:
+            shape = tuple(scale.shape) if isinstance(scale, torch.Tensor) else type(scale).__name__
+            raise CheckpointError(f"{source}: scale of {name} is {shape}, expected a tensor of shape [] or [1]")
+        if not (scale.is_floating_point() and torch.isfinite(scale).all() and scale.item() > 0):
+            raise CheckpointError(f"{source}: scale of {name} is {scale.item()}, expected a finite number > 0")
         layer.fp8_scale = scale.reshape(()).to(device=layer.weight.device, dtype=torch.float32)
 
 
