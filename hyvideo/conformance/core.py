@@ -34,10 +34,15 @@ RUNNERS: dict[str, str] = {
     "text_encoder_llava_image": "hyvideo.conformance.i2v_text_kinds:run_text_encoder_llava_image",
     "prompt_template_i2v": "hyvideo.conformance.i2v_text_kinds:run_prompt_template_i2v",
     "image_preprocess_i2v": "hyvideo.conformance.i2v_text_kinds:run_image_preprocess_i2v",
+    "dit_i2v": "hyvideo.conformance.i2v_dit_kinds:run_dit_i2v",
+    "sampling_i2v": "hyvideo.conformance.i2v_dit_kinds:run_sampling_i2v",
+    "lora_i2v": "hyvideo.conformance.i2v_dit_kinds:run_lora_i2v",
 }
 
 # manifest file name prefix -> "module:function" returning a list of problems (empty = pass).
 MANIFEST_CHECKERS: dict[str, str] = {
+    # before "dit_": the first matching prefix wins
+    "dit_HYVideo-I2V-": "hyvideo.conformance.i2v_dit_kinds:check_i2v_dit_manifest",
     "dit_": "hyvideo.conformance.dit_kinds:check_dit_manifest",
     "vae_": "hyvideo.conformance.vae_kinds:check_vae_manifest",
     # before "text_encoder_": the first matching prefix wins

@@ -8,13 +8,19 @@ Accepted key formats (``M`` is a module name):
   (``double_blocks.0.img_attn_qkv``), optionally under ``diffusion_model.``.
 * ComfyUI / kohya: ``lora_unet_<M with dots as underscores>.lora_down.weight`` / ``lora_up`` /
   ``.alpha`` (official or diffusers names).
+* the official HunyuanVideo-I2V effect LoRAs (``train_image2video_lora.py``):
+  ``Hunyuan_video_I2V_lora_<M with dots as underscores>.lora_down.weight`` / ``lora_up`` /
+  ``.alpha``, merged by the reference's own rule (below).
 
 Every key is resolved to one of our Linear modules by name. diffusers modules that are slices of
 one official module (q, k, v of a fused qkv; q, k, v, mlp of a single block's ``linear1``; the
 final layer's swapped modulation halves) map to output rows through the same declarative table
 that converts checkpoints (:func:`hyvideo.checkpoints.keys.diffusers_module_targets`). The low-rank update
 of a module is ``delta W = scale * (alpha / rank) * up @ down`` (alpha/rank only where the file
-carries alpha).
+carries alpha). The official I2V files follow the reference's loader instead
+(``hyvideo/utils/lora_utils.py``): ``delta W = scale * up.float() @ down.float()`` with ``alpha``
+IGNORED, and the module found by greedily joining underscore pieces until a child module of that
+name exists (``double_blocks_0_img_attn_qkv`` -> ``double_blocks.0.img_attn_qkv``).
 
 Two ways to apply: :func:`fuse_lora` merges ``delta W`` into the weights (FP8 layers are
 dequantised, updated and requantised with a new per-tensor scale); :func:`attach_lora` keeps it
@@ -51,6 +57,7 @@ _ROLES = (
 # Container prefixes stripped from module names, longest first.
 _PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer.", "unet.")
 _KOHYA_PREFIXES = ("lora_unet_", "lora_transformer_")
+I2V_LORA_PREFIX = "Hunyuan_video_I2V_lora_"  # the official I2V trainer's key prefix
 
 
 class LoraError(CheckpointError):
@@ -185,14 +192,9 @@ def match_lora(model: nn.Module, state: dict[str, torch.Tensor], *, name: str = 
     Raises :class:`LoraError` when nothing matches (listing example keys) or a matrix has the
     wrong shape for its module (a LoRA made for another model); logs partial matches with counts.
     """
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    unmatched: list[str] = []
-    for key, tensor in state.items():
-        split = _split_key(key)
-        if split is None:
-            unmatched.append(key)
-            continue
-        groups.setdefault(split[0], {})[split[1]] = tensor
+    if any(key.startswith(I2V_LORA_PREFIX) for key in state):
+        return match_official_i2v_lora(model, state, name=name)
+    groups, unmatched = _group_keys(state)
     table = _module_table(model)
     linears = _linears(model)
     parts: dict[str, list[tuple[ModuleTarget, torch.Tensor, torch.Tensor]]] = {}
@@ -221,6 +223,71 @@ def match_lora(model: nn.Module, state: dict[str, torch.Tensor], *, name: str = 
         log.warning("LoRA %s: %d of %d keys matched no DiT layer and are ignored (e.g. %s)", name,
                     len(unmatched), len(state), ", ".join(sorted(unmatched)[:_SHOW]))
     log.info("LoRA %s: %d layers of the DiT adapted", name, len(layers))
+    return LoraWeights(name, layers, unmatched)
+
+
+def _group_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """Module name -> {"down", "up", "alpha"} tensors; and the keys that are none of these."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    unmatched: list[str] = []
+    for key, tensor in state.items():
+        split = _split_key(key)
+        if split is None:
+            unmatched.append(key)
+            continue
+        groups.setdefault(split[0], {})[split[1]] = tensor
+    return groups, unmatched
+
+
+def greedy_module_path(model: nn.Module, underscored: str) -> str | None:
+    """The reference's resolution of an underscore-joined module path: take pieces one by one,
+    joining the next piece with ``_`` while no child module has that name. None if it fails."""
+    pieces = underscored.split("_")
+    module, path, name = model, [], pieces.pop(0)
+    while True:
+        child = module._modules.get(name)
+        if child is not None:
+            module, path = child, [*path, name]
+            if not pieces:
+                return ".".join(path)
+            name = pieces.pop(0)
+        elif pieces:
+            name = f"{name}_{pieces.pop(0)}" if name else pieces.pop(0)
+        else:
+            return None
+
+
+def match_official_i2v_lora(model: nn.Module, state: dict[str, torch.Tensor], *,
+                            name: str = "lora") -> LoraWeights:
+    """An official HunyuanVideo-I2V LoRA (``Hunyuan_video_I2V_lora_*`` keys) against ``model``:
+    modules by the reference's greedy underscore rule, ``alpha`` ignored (``delta W = up @ down``,
+    times the LoRA's scale when merged). Keys naming the text encoder are refused: the
+    reference would apply them there, which this DiT loader cannot do."""
+    text = sorted(k for k in state if "text" in k)
+    if text:
+        raise LoraError(f"{name}: keys for the text encoder ({', '.join(text[:_SHOW])}) are not "
+                        "supported; only the DiT's layers can be adapted")
+    groups, unmatched = _group_keys({k: v for k, v in state.items() if k.startswith(I2V_LORA_PREFIX)})
+    unmatched += [k for k in state if not k.startswith(I2V_LORA_PREFIX)]
+    linears = _linears(model)
+    layers = {}
+    for module, tensors in groups.items():
+        path = greedy_module_path(model, module[len(I2V_LORA_PREFIX):])
+        if path not in linears or "down" not in tensors or "up" not in tensors:
+            unmatched += [f"{module}.{role}" for role in tensors]
+            continue
+        down, up = tensors["down"].float(), tensors["up"].float()
+        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+            raise LoraError(f"{name}: {module} has down {tuple(down.shape)} / up {tuple(up.shape)}, "
+                            "not a linear LoRA pair")
+        layers[path] = _combine(path, linears[path], [(ModuleTarget(path), down, up)], name)
+    if not layers:
+        raise LoraError(f"{name}: none of its {len(state)} keys names a linear layer of the DiT "
+                        f"(examples: {', '.join(sorted(state)[:_SHOW])})")
+    if unmatched:
+        log.warning("LoRA %s: %d of %d keys matched no DiT layer and are ignored (e.g. %s)", name,
+                    len(unmatched), len(state), ", ".join(sorted(unmatched)[:_SHOW]))
+    log.info("LoRA %s (official I2V format, alpha ignored): %d layers of the DiT adapted", name, len(layers))
     return LoraWeights(name, layers, unmatched)
 
 
@@ -403,6 +470,7 @@ def apply_loras(model: nn.Module, specs: list[LoraSpec] | tuple[LoraSpec, ...], 
 
 __all__ = [
     "FusedLora",
+    "I2V_LORA_PREFIX",
     "LoRAAdapter",
     "LoRALinear",
     "LoraError",
@@ -412,8 +480,10 @@ __all__ = [
     "attach_lora",
     "detach_loras",
     "fuse_lora",
+    "greedy_module_path",
     "load_lora",
     "match_lora",
+    "match_official_i2v_lora",
     "read_lora_file",
     "set_lora_scale",
 ]
