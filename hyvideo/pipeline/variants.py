@@ -57,14 +57,48 @@ class SamplingDefaults:
 
 
 @dataclass(frozen=True)
+class I2VDefaults:
+    """An image-to-video model's own defaults (the official ``sample_image2video.py`` flags)."""
+
+    resolution: str = "720p"  # --i2v-resolution: the bucket set the image's size is chosen from
+    stability: bool = False  # --i2v-stability: off in the official CLI (its README pairs it with
+    # --flow-shift 7; the default flow shift 17 is for runs without it)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> I2VDefaults:
+        from hyvideo.dit.config import config_from_dict
+
+        return config_from_dict(cls, data)
+
+
+@dataclass(frozen=True)
 class ModelVariant:
-    """A released model: its DiT configuration, its VAE's compression and sampling defaults."""
+    """A released model: its DiT configuration, its VAE's compression and sampling defaults.
+
+    Image-to-video variants have ``i2v`` set and their DiT's ``i2v_condition_type``
+    (``token_replace`` or ``latent_concat``); text-to-video ones have neither.
+    """
 
     name: str
     dit: DiTConfig
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     time_compression_ratio: int = 4  # the VAE's (checked against the loaded VAE)
     spatial_compression_ratio: int = 8
+    i2v: I2VDefaults | None = None
+
+    def __post_init__(self) -> None:
+        if (self.i2v is None) != (self.dit.i2v_condition_type is None):
+            raise ValueError(f"model {self.name}: an image-to-video variant needs both an 'i2v' section "
+                             "and dit.i2v_condition_type")
+
+    @property
+    def i2v_condition_type(self) -> str | None:
+        """``token_replace`` / ``latent_concat`` for image-to-video models, else None."""
+        return self.dit.i2v_condition_type
+
+    @property
+    def is_i2v(self) -> bool:
+        return self.i2v is not None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelVariant:
@@ -74,7 +108,8 @@ class ModelVariant:
         return cls(name=data["name"], dit=DiTConfig.from_dict(data["dit"]),
                    sampling=SamplingDefaults.from_dict(data.get("sampling", {})),
                    time_compression_ratio=vae.get("time_compression_ratio", 4),
-                   spatial_compression_ratio=vae.get("spatial_compression_ratio", 8))
+                   spatial_compression_ratio=vae.get("spatial_compression_ratio", 8),
+                   i2v=I2VDefaults.from_dict(data["i2v"]) if "i2v" in data else None)
 
     @property
     def geometry(self) -> Geometry:
