@@ -154,13 +154,14 @@ def repo_files(repo: str) -> dict[str, int | None]:
 
 
 def dry_run(root: Path, fetches: list[Fetch], lister=repo_files) -> None:
-    total = 0
+    total, unlisted = 0, 0
     for fetch in fetches:
         print(f"{fetch.repo} -> {root / fetch.folder}  (allow_patterns {list(fetch.patterns)})")
         try:
             files = lister(fetch.repo)
         except Exception as exc:  # offline, gated, renamed: say so and go on listing the rest
             print(f"  cannot list {fetch.repo}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+            unlisted += 1
             continue
         chosen = select(files, fetch.patterns)
         for path in chosen:
@@ -169,7 +170,7 @@ def dry_run(root: Path, fetches: list[Fetch], lister=repo_files) -> None:
             print(f"  {path}  {'?' if size is None else f'{size / 1e9:.2f} GB'}")
         if not chosen:
             print("  (no file matches: the repository changed?)")
-    print(f"total {total / 1e9:.1f} GB")
+    print(f"total {total / 1e9:.1f} GB" + (f" without the {unlisted} unlisted repositories" if unlisted else ""))
 
 
 def download(root: Path, fetches: list[Fetch], fetch_fn=None) -> None:

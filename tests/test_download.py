@@ -164,4 +164,5 @@ def test_dry_run_lists_files_with_sizes_and_survives_an_unlistable_repo(tmp_path
     assert f"{T2V}/transformers/mp_rank_00_model_states.pt  2.00 GB" in out
     assert "fp8" not in out.split("xtuner")[0].split("allow_patterns")[1].split("\n", 1)[1]
     assert "cannot list openai/clip-vit-large-patch14: OSError: offline" in out
+    assert "without the 1 unlisted repositories" in out
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
