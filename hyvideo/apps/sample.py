@@ -215,26 +215,26 @@ def save_path_of(args: argparse.Namespace) -> Path:
 
 
 def sampling_fields(args: argparse.Namespace, variant) -> dict:
-    """The sampling flags as request fields (the variant's defaults fill in the rest); the size
-    and frame count are checked against the model's geometry here."""
+    """The sampling flags as request fields (the variant's defaults fill in the rest), checked as
+    a request is (with the size and frame count against the model's geometry)."""
     from hyvideo.pipeline.geometry import RESOLUTIONS
 
     if args.video_size and args.resolution:
         raise ValueError("give either --video-size or --resolution, not both")
     if args.seed_type == "fixed" and args.num_videos > 1:
         raise ValueError("--seed-type fixed gives every video of a prompt the same seed; use --num-videos 1")
-    height, width = args.video_size or RESOLUTIONS.get(args.resolution, (None, None))
+    size = args.video_size or RESOLUTIONS.get(args.resolution)
+    height, width = size if size is not None else (variant.sampling.height, variant.sampling.width)
     if args.embedded_cfg_scale is not None and variant.sampling.embedded_cfg_scale is None:
         raise ValueError(f"--embedded-cfg-scale: model {variant.name} has no guidance embedding; use "
                          "--cfg-scale (real guidance), or a cfg-distilled model")
-    fields = dict(height=height or variant.sampling.height, width=width or variant.sampling.width,
-                  video_length=args.video_length or variant.sampling.video_length,
+    fields = dict(height=height, width=width,  # 0 is refused below, never read as "the default"
+                  video_length=variant.sampling.video_length if args.video_length is None else args.video_length,
                   infer_steps=args.infer_steps, cfg_scale=args.cfg_scale,
                   embedded_cfg_scale=args.embedded_cfg_scale, flow_shift=args.flow_shift,
                   flow_reverse=args.flow_reverse, num_videos=args.num_videos, batch_size=args.batch_size)
-    variant.geometry.check_size(fields["height"], fields["width"])
-    variant.geometry.check_frames(fields["video_length"])
     fields["seed"] = args.seed if args.seed is not None and args.seed_type != "random" else random.randrange(2**31)
+    variant.request(**fields, prompt="flags")  # every value: types and ranges, then the geometry
     return fields
 
 
@@ -246,7 +246,8 @@ def check_runtime(args: argparse.Namespace, load, variant, fields: dict):
     runtime = cli.runtime_options(args)
     runtime.check(load)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    config = cli.parallel_config(args, world, fields["cfg_scale"] or variant.sampling.cfg_scale)
+    cfg_scale = variant.sampling.cfg_scale if fields["cfg_scale"] is None else fields["cfg_scale"]
+    config = cli.parallel_config(args, world, cfg_scale)
     if config is not None:
         check_degrees(config, world_size=world, geometry=variant.geometry, video_length=fields["video_length"],
                       height=fields["height"], width=fields["width"])
@@ -272,7 +273,6 @@ def make_jobs(args: argparse.Namespace, variant, fields: dict, save_path: Path) 
     from hyvideo.apps.batch import Manifest, PromptJob, read_prompt_file, select_ids
 
     if args.prompt_file:
-        variant.request(**{**fields, "prompt": "flags"})  # the flags first: their errors name them
         rows = select_ids(read_prompt_file(args.prompt_file, fields["seed"]), args.prompt_ids)
         rows = Manifest(save_path).pending(rows, args.num_videos) if args.resume else rows
     else:
