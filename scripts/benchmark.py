@@ -201,10 +201,10 @@ def build_text_models(setup: BenchSetup, device: torch.device, seed: int = SEED)
 @functools.cache
 def tokenizers():
     """The real llava-Llama-3 and CLIP tokenizers, built offline once per process."""
-    from hyvideo.text import build_llava_llama3_tokenizer, llama3_tokenizer_json
+    from hyvideo.text import build_llava_llama3_tokenizer
     from hyvideo.pipeline.tiny import offline_clip_tokenizer
 
-    return build_llava_llama3_tokenizer(llama3_tokenizer_json()), offline_clip_tokenizer()
+    return build_llava_llama3_tokenizer(), offline_clip_tokenizer()
 
 
 def _in_dtype(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

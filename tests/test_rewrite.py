@@ -141,10 +141,10 @@ def test_helpers():
 def tiny_lm(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hyvideo.text.tokenizer import build_llava_llama3_tokenizer, llama3_tokenizer_json
+    from hyvideo.text.tokenizer import build_llava_llama3_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny_lm")
-    tokenizer = build_llava_llama3_tokenizer(llama3_tokenizer_json())
+    tokenizer = build_llava_llama3_tokenizer()  # the installed Llama-3 tokenizer
     tokenizer.chat_template = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
                                "{{ m['content'] }}<|eot_id|>{% endfor %}"
                                "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
