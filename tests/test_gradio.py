@@ -136,20 +136,24 @@ class FlakyPipeline:
     def __init__(self):
         import torch
 
+        from hyvideo.pipeline.geometry import Geometry
         from hyvideo.pipeline.variants import SamplingDefaults
 
         self.device = torch.device("cpu")
         self.defaults = SamplingDefaults(height=32, width=48, video_length=5, infer_steps=2)
+        self.geometry = Geometry()
 
     def request(self, prompt, **overrides):
-        from hyvideo.pipeline.t2v import GenerationRequest
+        from hyvideo.pipeline.types import request_from_defaults
 
-        return GenerationRequest.from_defaults(self.defaults, prompt=prompt, **overrides)
+        request = request_from_defaults(self.defaults, prompt=prompt, **overrides)
+        self.geometry.check_request(request)
+        return request
 
     def __call__(self, request, *, callback, decode, show_progress):
         import torch
 
-        from hyvideo.pipeline.t2v import GenerationResult, Progress
+        from hyvideo.pipeline.types import GenerationResult, Progress
 
         self.calls += 1
         callback(Progress("text", 0, 1))
@@ -203,7 +207,7 @@ def test_cancel_reaches_only_its_own_session(webui):
 
 
 def test_presets_respect_the_pixel_limit_and_keep_the_official_names(webui):
-    from hyvideo.pipeline.t2v import RESOLUTIONS
+    from hyvideo.pipeline.geometry import RESOLUTIONS
 
     presets = webui.size_presets(FlakyPipeline(), webui.Limits(max_pixels=960 * 544))
     assert presets["default"] == (32, 48) and presets["540p-16:9"] == (544, 960)

@@ -114,9 +114,9 @@ def test_cli_under_torchrun_writes_one_video(tmp_path):
 ])
 def test_invalid_degrees_fail_before_loading(tmp_path, capsys, monkeypatch, world, args, message):
     monkeypatch.setenv("WORLD_SIZE", world)
-    import hyvideo.pipeline.components as components
+    import hyvideo.runtime.build as build
 
-    monkeypatch.setattr(components, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(build, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
     code = sample_video.main(["--model", "tiny-random", "--prompt", "x", "--video-size", "32", "32",
                               "--video-length", "9", *args, "--save-path", str(tmp_path)])
     err = capsys.readouterr().err

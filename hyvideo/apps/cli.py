@@ -193,7 +193,7 @@ def lora_specs(args: argparse.Namespace) -> tuple:
         if not math.isfinite(spec.scale):
             raise ValueError(f"--lora {spec.path}: scale {spec.scale} is not a finite number")
         if not spec.path.exists():
-            raise ValueError(f"--lora {spec.path}: file not found")
+            raise ValueError(f"LoRA file not found: {spec.path} (--lora PATH[:SCALE])")
     return specs
 
 
