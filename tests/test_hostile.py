@@ -558,6 +558,21 @@ def test_an_interrupt_while_writing_leaves_no_partial_file_and_no_record(capsys,
     assert (out / "manifest.jsonl").read_text() == ""  # created at the start, nothing false in it
 
 
+def test_a_full_disk_while_writing_is_one_line_and_leaves_no_partial_file(capsys, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        Path(args[1]).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", args[1])
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    code, out = _batch(capsys, tmp_path)
+    assert_one_line(code, capsys, "No space left on device")
+    assert not list(out.glob("*.safetensors")) and not list(out.glob(".*partial"))
+
+
 @pytest.mark.parametrize("error, needle", [
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 1 TB"),
      "out of memory while generating"),

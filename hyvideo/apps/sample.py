@@ -133,6 +133,10 @@ def report(exc: Exception) -> int:
     if is_out_of_memory(exc):
         return cli.fail("out of memory while generating; lower memory with --offload model (or blocks), "
                         "--use-fp8, --vae-tiling, a smaller --video-size or a shorter --video-length")
+    if isinstance(exc, OSError) and exc.strerror:  # a full disk, a file removed underneath us
+        where = f" {exc.filename}" if exc.filename else ""
+        return cli.fail(f"cannot read or write{where}: {exc.strerror}; finished videos are saved and listed "
+                        "in the manifest")
     raise exc
 
 
