@@ -517,6 +517,16 @@ def test_a_video_finished_but_not_recorded_is_recorded_not_redone(capsys, tmp_pa
     assert len(list(out.glob("*.safetensors"))) == 2 and not list(out.glob(".*partial"))
 
 
+def test_a_lost_record_is_recovered_even_when_the_resume_draws_other_seeds(capsys, tmp_path):
+    code, out = _batch(capsys, tmp_path)
+    manifest = out / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().split("\n")[0] + "\n")
+    capsys.readouterr()
+    code = sample.main([*SMALL, "--prompt-file", str(tmp_path / "p.txt"), "--save-path", str(out), "--resume"])
+    assert code == 0  # no --seed: a random base seed, so the file names differ from the first run's
+    assert sorted(r["id"] for r in _records(out)) == ["1", "2"] and len(list(out.glob("*.safetensors"))) == 2
+
+
 def test_resume_after_the_folder_moved_and_a_garbage_line(capsys, tmp_path, caplog):
     code, out = _batch(capsys, tmp_path, prompts=3)
     moved = tmp_path / "moved"

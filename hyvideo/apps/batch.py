@@ -309,11 +309,12 @@ def select_ids(jobs: list[PromptJob], spec: str | None) -> list[PromptJob]:
 
 @dataclass(frozen=True)
 class Expected:
-    """A video a batch will write: its manifest id, its job and the file name it starts with."""
+    """A video a batch will write: its manifest id, its job and how its file name starts (the
+    id, not the seed: a resumed batch without --seed draws another base seed)."""
 
     video: str
     job: str
-    stem: str
+    prefix: str
 
 
 class Manifest:
@@ -405,7 +406,7 @@ class Manifest:
         for want in expected:
             if want.video in done:
                 continue
-            for path in sorted(self.folder.glob(f"{glob_escape(want.stem)}*")):
+            for path in sorted(self.folder.glob(f"{glob_escape(want.prefix)}*")):
                 if path.name in recorded or path.name.endswith(".partial"):
                     continue
                 meta = read_output_metadata(path)

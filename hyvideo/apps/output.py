@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hyvideo.apps.video_io import json_safe, slug, unique_path, write_frames, write_latents, write_mp4
 
-__all__ = ["OUTPUT_TYPES", "json_safe", "output_metadata", "output_stem", "write_output"]
+__all__ = ["OUTPUT_TYPES", "json_safe", "output_metadata", "output_prefix", "output_stem", "write_output"]
 
 OUTPUT_TYPES = ("mp4", "frames", "latents")
 
@@ -31,5 +31,10 @@ def write_output(result, index: int, folder: Path, stem: str, meta: dict, output
 def output_stem(job_id: str, seed: int, prompt: str, name_suffix: str = "") -> str:
     """``<id>_seed<seed>_<prompt slug><suffix>``."""
     suffix = f"_{slug(name_suffix, 40)}" if name_suffix else ""
+    return f"{output_prefix(job_id)}{seed}_{slug(prompt, 40)}{suffix}"
+
+
+def output_prefix(job_id: str) -> str:
+    """How every output name of job ``job_id`` starts (whatever its seed): ``<id>_seed``."""
     safe_id = re.sub(r"[^\w.+-]", "_", job_id).lstrip(".") or "video"  # never a path or hidden file
-    return f"{safe_id}_seed{seed}_{slug(prompt, 40)}{suffix}"
+    return f"{safe_id}_seed"

@@ -184,16 +184,15 @@ def begin(args: argparse.Namespace, save_path: Path, jobs: list[Job]) -> list[Jo
     leftovers of a killed run are removed and finished outputs whose record was lost are recorded
     (not rendered twice). Then the prompts are rewritten (--rewrite). -> the jobs still to run."""
     from hyvideo.apps.batch import Expected, Manifest, video_ids
-    from hyvideo.apps.output import output_stem
+    from hyvideo.apps.output import output_prefix
 
     if args.prompt_file:
         manifest = Manifest(save_path)
         manifest.create()
         if args.resume:
             manifest.remove_partials()
-            manifest.recover([Expected(vid, job.id, output_stem(job.id, job.request.seed + i, job.prompt,
-                                                                 args.name_suffix))
-                              for job in jobs for i, vid in enumerate(video_ids(job.id, args.num_videos))])
+            manifest.recover([Expected(vid, job.id, output_prefix(job.id))
+                              for job in jobs for vid in video_ids(job.id, args.num_videos)])
             done = manifest.done_ids()
             jobs = [job for job in jobs if not set(video_ids(job.id, args.num_videos)) <= done]
     rewrite_jobs(jobs, args)
