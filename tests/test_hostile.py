@@ -713,6 +713,7 @@ def handler(tmp_path):
             generate(*form.values(), [], None, lambda *a, **k: None)
         return failure.value.message
 
+    call.generator = gen
     return call
 
 
@@ -746,6 +747,21 @@ def test_web_api_refuses_with_the_cli_message(handler, caplog, changes, message)
     with caplog.at_level(logging.INFO):
         assert message in handler(**changes)
     assert "Traceback" not in caplog.text
+
+
+def test_web_out_of_memory_is_one_line_for_the_page_and_the_log(handler, caplog, monkeypatch):
+    import gradio as gr
+
+    from hyvideo.apps import webui
+
+    def no_memory(self, request, job, report):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 9 TB")
+
+    monkeypatch.setattr(webui.Generator, "run", no_memory)
+    generate = webui.make_generate(handler.generator)
+    with caplog.at_level(logging.INFO), pytest.raises(gr.Error, match="out of memory while generating"):
+        generate("a cat", "", "custom", 32, 48, 5, 2, 1, False, 6.0, 1.0, 7.0, [], None, lambda *a, **k: None)
+    assert "Traceback" not in caplog.text and "out of memory for" in caplog.text
 
 
 def test_web_api_call_with_too_few_values_is_one_line(tmp_path):

@@ -66,6 +66,16 @@ def fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error, or the CPU allocator's (a RuntimeError) or Python's failure
+    to allocate."""
+    import torch
+
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in (
+            "DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")))
+
+
 def finite(text: str) -> float:
     """A float flag: finite numbers only (NaN and infinities are refused)."""
     try:

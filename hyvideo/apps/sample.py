@@ -130,7 +130,7 @@ def report(exc: Exception) -> int:
 
     if isinstance(exc, (PromptFileError, CheckpointError, RewriteError, ValueError)):
         return cli.fail(cli.usage_message(exc))
-    if is_out_of_memory(exc):
+    if cli.is_out_of_memory(exc):
         return cli.fail("out of memory while generating; lower memory with --offload model (or blocks), "
                         "--use-fp8, --vae-tiling, a smaller --video-size or a shorter --video-length")
     if isinstance(exc, OSError) and exc.strerror:  # a full disk, a file removed underneath us
@@ -138,15 +138,6 @@ def report(exc: Exception) -> int:
         return cli.fail(f"cannot read or write{where}: {exc.strerror}; finished videos are saved and listed "
                         "in the manifest")
     raise exc
-
-
-def is_out_of_memory(exc: Exception) -> bool:
-    """A device out-of-memory error, or the CPU allocator's failure to allocate."""
-    import torch
-
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and any(text in str(exc) for text in (
-            "DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")))
 
 
 def prepare(args: argparse.Namespace) -> Plan:

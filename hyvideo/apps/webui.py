@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from hyvideo import compat
+from hyvideo.apps.cli import is_out_of_memory
 from hyvideo.apps.output import output_metadata, output_stem, write_output
 from hyvideo.pipeline.geometry import RESOLUTIONS, Geometry
 from hyvideo.pipeline.t2v import HunyuanVideoPipeline
@@ -307,7 +308,7 @@ def _session(request: gr.Request | None) -> str:
 
 
 def _failure_message(exc: Exception) -> str:
-    if isinstance(exc, torch.OutOfMemoryError):
+    if is_out_of_memory(exc):
         return ("out of memory while generating; try a smaller size, fewer frames, or restart the "
                 "server with --offload model (or blocks) / --use-fp8")
     return f"generation failed ({type(exc).__name__}); the server log has the details"
@@ -336,7 +337,10 @@ def make_generate(gen: Generator) -> Callable:
             log.info("cancelled at %s: %r", job.stage, req.prompt)
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"Cancelled at {job.stage}.", history
         except Exception as exc:
-            log.exception("generation failed for %r", req.settings())
+            if is_out_of_memory(exc):  # expected with a large request: one line, no traceback
+                log.warning("out of memory for %r: %s", req.settings(), str(exc).splitlines()[0][:200])
+            else:
+                log.exception("generation failed for %r", req.settings())
             raise gr.Error(_failure_message(exc), print_exception=False) from None
         finally:
             gen.jobs.finish(session, job)
