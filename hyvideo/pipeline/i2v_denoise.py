@@ -34,7 +34,8 @@ STABILITY_KEEP = 0.999  # --i2v-stability: the noise's share of the starting lat
 def i2v_start(noise: torch.Tensor, img_latents: torch.Tensor, *, stability: bool) -> torch.Tensor:
     """The starting latents [B, C, T, H, W] float32: the noise as it is, or with ``--i2v-stability``
     ``noise * 0.999 + img_latents * (1 - 0.999)`` on every frame. The reference takes 0.999 as a
-    float32 tensor, so the image's share is 1 - 0.999 = 0.0010000467 (float32), reproduced here."""
+    float32 tensor, so the image's share is float32 arithmetic: 1 - 0.99900001 = 0.00099998713
+    (the conformance goldens' DiT inputs match this bit for bit)."""
     noise = noise.float()
     if not stability:
         return noise
