@@ -675,7 +675,8 @@ def test_a_broken_case_is_one_fail_line_and_the_others_still_run(capsys, tmp_pat
 
 @pytest.mark.parametrize("argv, needle", [(["{tmp}/nothing"], "no such file or folder"),
                                           (["{tmp}", "--device", "bogus"], "--device 'bogus' is not a device"),
-                                          (["{tmp}", "--attention", "x"], "invalid choice")])
+                                          (["{tmp}", "--attention", "x"], "invalid choice"),
+                                          (["{tmp}", "--kind", "dits"], "--kind dits: no such kind")])
 def test_conformance_runner_arguments(capsys, tmp_path, argv, needle):
     from hyvideo.conformance.__main__ import main
 

@@ -32,6 +32,12 @@ FIXED_FLAGS = {
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line plus a hint, not the whole usage block."""
 
+    def __init__(self, *args, **kwargs):
+        script = Path(sys.argv[0])
+        if kwargs.get("prog") is None and not args and script.name == "__main__.py":
+            kwargs["prog"] = f"python -m {script.parent.name}"  # not "__main__.py --help"
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # noqa: D102 (argparse's hook)
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 

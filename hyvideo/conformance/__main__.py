@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hyvideo.apps.cli import OneLineParser, check_device, fail
-from hyvideo.conformance.core import Result, discover, open_case, run_case, run_manifest
+from hyvideo.conformance.core import RUNNERS, Result, discover, open_case, run_case, run_manifest
 from hyvideo.dit.attention import BACKENDS
 
 
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_or_exit_code(argv)
     if isinstance(args, int):
         return args
+    unknown = sorted(set(args.kind or ()) - {*RUNNERS, "manifest"})
+    if unknown:
+        return fail(f"--kind {unknown[0]}: no such kind; choose from manifest, {', '.join(sorted(RUNNERS))}")
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         return fail(f"{missing[0]}: no such file or folder (give conformance folders, case folders or manifests)")
