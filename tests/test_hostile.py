@@ -645,7 +645,7 @@ BROKEN_CASES = {
     "a-list": ("[1, 2]", "case.json holds a JSON list"),
     "bad-tolerance": ('{"kind": "scheduler", "tolerance": {"atol": "loose"}}', "'tolerance' must map"),
     "bad-outputs": ('{"kind": "scheduler", "outputs": "sigmas"}', "'outputs' must be a list"),
-    "unknown-kind": ('{"kind": "teleport"}', "unknown kind 'teleport'"),
+    "unknown-kind": ('{"kind": "teleport"}', "kind 'teleport' not implemented"),
     "missing-tensors": ('{"kind": "scheduler", "config": {"shift": 7.0, "reverse": true}, "settings": '
                         '{"num_inference_steps": 4, "step_indices": []}, "outputs": ["sigmas"]}',
                         "expected output 'sigmas' is not in tensors.safetensors"),

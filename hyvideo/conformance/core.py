@@ -189,7 +189,7 @@ def run_case(case: Case, **options: Any) -> Result:
     """
     spec = RUNNERS.get(case.kind)
     if spec is None:
-        return Result(case.kind, case.name, math.inf, f"error: unknown kind {case.kind!r} "
+        return Result(case.kind, case.name, math.inf, f"error: kind {case.kind!r} not implemented "
                       f"(known: {', '.join(sorted(RUNNERS))})")
     try:
         runner = _resolve(spec)
