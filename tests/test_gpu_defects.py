@@ -331,7 +331,7 @@ def test_followers_survive_an_idle_page_longer_than_the_collective_timeout(tmp_p
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "tests/follow_worker.py", "2", "3", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         assert (tmp_path / f"runs.{rank}").read_text().splitlines() == ["after a long idle", "and again"]

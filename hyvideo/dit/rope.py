@@ -31,12 +31,34 @@ def rope_tables(grid_thw: tuple[int, int, int], rope_dim_list: tuple[int, ...],
     return angle.cos().to(device), angle.sin().to(device)
 
 
+ROPE_CHUNK_TOKENS = 4096  # tokens rotated at a time: bounds the float32 temporaries
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs: out[2i] = x[2i]cos - x[2i+1]sin, out[2i+1] = x[2i+1]cos + x[2i]sin.
 
-    x: [B, N, H, D]; cos, sin: [N, D]. Computed in float32, returned in x's dtype. Written with
-    two temporaries (the rotated copy and the result) to keep peak memory low.
+    x: [B, N, H, D]; cos, sin: [N, D]. Computed in float32, returned in x's dtype (a new tensor).
+    Eager, ``ROPE_CHUNK_TOKENS`` tokens at a time: the float32 copies of a whole 720p q or k
+    would be 1.4 GiB each, three at once (see scripts/memory_plan.py); a compiled graph fuses
+    them away, so it rotates in one piece.
     """
+    return apply_rope_(torch.empty_like(x), cos, sin, source=x)
+
+
+def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
+                source: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`apply_rope` written into ``x`` (from ``source``, default ``x`` itself); returns ``x``."""
+    source = x if source is None else source
+    n = source.shape[1]
+    step = n if torch.compiler.is_compiling() else ROPE_CHUNK_TOKENS
+    for start in range(0, n, step):
+        rows = slice(start, start + step)
+        x[:, rows] = _rotate(source[:, rows], cos[rows], sin[rows])
+    return x
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Two float32 temporaries (the rotated copy and the result) besides the float32 input.
     xf = x.float()
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
     rotated = torch.empty_like(xf)
