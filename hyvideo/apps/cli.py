@@ -315,7 +315,8 @@ def load_options(args: argparse.Namespace):
     precisions = Precisions(args.precision, args.vae_precision, args.text_encoder_precision,
                             args.text_encoder_precision_2)
     text = TextSettings(args.text_len, args.hidden_state_skip_layer, args.apply_final_norm, args.text_len_2)
-    check_attention(args.attention)
+    if args.attention != "auto":  # auto always runs; checking it would import torch before the paths
+        check_attention(args.attention)
     return LoadOptions(args.model, paths, precisions, text, lora_specs(args), args.lora_fuse,
                        args.attention, args.vae_tiling)
 
