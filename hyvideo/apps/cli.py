@@ -237,16 +237,16 @@ def flag_name(dest: str) -> str:
 
 def check_flags_used(args: argparse.Namespace) -> None:
     """Every flag given acts: one that would be ignored is refused (ValueError naming it)."""
-    from hyvideo.pipeline.options import TINY
+    from hyvideo.pipeline.options import is_tiny
 
     given = getattr(args, "given_flags", frozenset())
     for dest, acts, needs in NEEDS:
         if dest in given and not acts(args):
             raise ValueError(f"{flag_name(dest)} has no effect without {needs}; add it or drop {flag_name(dest)}")
-    if args.model == TINY:
+    if is_tiny(args.model):
         unused = [dest for dest in TINY_UNUSED if dest in given]
         if unused:
-            raise ValueError(f"{flag_name(unused[0])} cannot be used with --model {TINY}, which builds small "
+            raise ValueError(f"{flag_name(unused[0])} cannot be used with --model {args.model}, which builds small "
                              "float32 random-weight models in memory; drop it or choose a released model")
 
 
@@ -289,13 +289,13 @@ def check_paths_early(args: argparse.Namespace) -> None:
     """Every path flag names the right kind of thing and, for a released model, every file the
     load will read exists. Nothing here imports torch, so a wrong path is reported at once."""
     from hyvideo.checkpoints.layouts import DIFFUSERS, component_paths, detect_layout, diffusers_paths
-    from hyvideo.pipeline.options import TINY
+    from hyvideo.pipeline.options import is_tiny
 
     _check_kind("--model-base", args.model_base, folder=True)
     _check_kind("--dit-weight", args.dit_weight, folder=False)
     for flag in ("--vae-path", "--text-encoder-path", "--text-encoder-2-path"):
         _check_kind(flag, getattr(args, flag[2:].replace("-", "_")), folder=True)
-    if args.model == TINY:
+    if is_tiny(args.model):
         return
     paths = checkpoint_paths(args)
     if not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution) == DIFFUSERS:
