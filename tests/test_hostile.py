@@ -174,7 +174,7 @@ FLAGS = [
 
 @pytest.mark.parametrize("case", FLAGS, ids=[c[0] for c in FLAGS])
 def test_flags(capsys, ws, case):
-    name, argv, needles, *with_prompt = case
+    _, argv, needles, *with_prompt = case
     prompt = ["--prompt", "a cat"] if (with_prompt or [True])[0] else []
     code = run_sample(capsys, ws, [*prompt, *argv])
     assert_one_line(code, capsys, *needles)
@@ -427,7 +427,7 @@ def test_bad_lora_files_are_named(tmp_path, tiny_dit, name, make, needle):
     from hyvideo.checkpoints.reading import CheckpointError
     from hyvideo.dit.lora import LoraSpec, apply_loras
 
-    config, dit = tiny_dit
+    _, dit = tiny_dit
     path = make(tmp_path)
     before = {k: v.clone() for k, v in dit.state_dict().items()}
     with pytest.raises(CheckpointError, match=re.escape(needle)) as failure:
@@ -646,8 +646,8 @@ BROKEN_CASES = {
     "bad-tolerance": ('{"kind": "scheduler", "tolerance": {"atol": "loose"}}', "'tolerance' must map"),
     "bad-outputs": ('{"kind": "scheduler", "outputs": "sigmas"}', "'outputs' must be a list"),
     "unknown-kind": ('{"kind": "teleport"}', "kind 'teleport' not implemented"),
-    "missing-tensors": ('{"kind": "scheduler", "config": {"shift": 7.0, "reverse": true}, "settings": '
-                        '{"num_inference_steps": 4, "step_indices": []}, "outputs": ["sigmas"]}',
+    "missing-tensors": (('{"kind": "scheduler", "config": {"shift": 7.0, "reverse": true}, "settings": '
+                         '{"num_inference_steps": 4, "step_indices": []}, "outputs": ["sigmas"]}'),
                         "expected output 'sigmas' is not in tensors.safetensors"),
 }
 
@@ -707,8 +707,9 @@ def handler(tmp_path):
     generate = webui.make_generate(gen)
 
     def call(**changes):
-        form = dict(prompt="a cat", negative_prompt="", resolution="custom", height=32, width=48, video_length=5,
-                    infer_steps=2, seed=1, random_seed=False, embedded_cfg_scale=6.0, cfg_scale=1.0, flow_shift=7.0)
+        form = {"prompt": "a cat", "negative_prompt": "", "resolution": "custom", "height": 32, "width": 48,
+                "video_length": 5, "infer_steps": 2, "seed": 1, "random_seed": False, "embedded_cfg_scale": 6.0,
+                "cfg_scale": 1.0, "flow_shift": 7.0}
         form.update(changes)
         with pytest.raises(gr.Error) as failure:
             generate(*form.values(), [], None, lambda *a, **k: None)
@@ -743,7 +744,7 @@ WEB = [
 ]
 
 
-@pytest.mark.parametrize("changes, message", WEB, ids=[str(list(c)[0]) + "-" + m[:20] for c, m in WEB])
+@pytest.mark.parametrize("changes, message", WEB, ids=[next(iter(c)) + "-" + m[:20] for c, m in WEB])
 def test_web_api_refuses_with_the_cli_message(handler, caplog, changes, message):
     with caplog.at_level(logging.INFO):
         assert message in handler(**changes)
@@ -847,7 +848,7 @@ def test_errors_come_before_torch_and_transformers_are_imported(tmp_path, module
         port = s.getsockname()[1]
     argv = [a.format(tmp=tmp_path, port=port) for a in argv]
     proc = subprocess.run([sys.executable, "-c", PROBE.format(module=module, argv=argv)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     lines = [line for line in proc.stderr.splitlines() if not line.startswith(LOG_PREFIXES)]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
     assert proc.stdout.strip() == "exit 2 imported []", proc.stdout + proc.stderr
@@ -855,7 +856,7 @@ def test_errors_come_before_torch_and_transformers_are_imported(tmp_path, module
 
 def test_the_front_door_prints_one_line_and_a_help_hint(tmp_path):
     proc = subprocess.run([sys.executable, "sample_video.py", "--prompt", "a", "--seed", "x"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "error: argument --seed: invalid whole number 'x' (see sample_video.py --help)"]

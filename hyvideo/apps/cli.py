@@ -288,7 +288,12 @@ def _check_kind(flag: str, path: Path | None, *, folder: bool) -> None:
 def check_paths_early(args: argparse.Namespace) -> None:
     """Every path flag names the right kind of thing and, for a released model, every file the
     load will read exists. Nothing here imports torch, so a wrong path is reported at once."""
-    from hyvideo.checkpoints.layouts import DIFFUSERS, component_paths, detect_layout, diffusers_paths
+    from hyvideo.checkpoints.layouts import (
+        DIFFUSERS,
+        component_paths,
+        detect_layout,
+        diffusers_paths,
+    )
     from hyvideo.pipeline.options import is_tiny
 
     _check_kind("--model-base", args.model_base, folder=True)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hyvideo.apps.video_io import json_safe, slug, unique_path, write_frames, write_latents, write_mp4
+from hyvideo.apps.video_io import (
+    json_safe,
+    slug,
+    unique_path,
+    write_frames,
+    write_latents,
+    write_mp4,
+)
 
 __all__ = ["OUTPUT_TYPES", "json_safe", "output_metadata", "output_prefix", "output_stem", "write_output"]
 

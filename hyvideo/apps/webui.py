@@ -88,7 +88,7 @@ class _AsSent:
     checks the raw value instead, with the same one-line messages as the command line.
     """
 
-    def preprocess(self, payload):  # noqa: D102 (Gradio's hook)
+    def preprocess(self, payload):  # Gradio's hook
         return payload
 
 
@@ -107,7 +107,7 @@ class ApiChoice(_AsSent, gr.Dropdown):
 class Page(gr.Blocks):
     """The page; an API call with too few values gets one line, not a traceback in the log."""
 
-    def validate_inputs(self, block_fn, inputs):  # noqa: D102 (Gradio's hook)
+    def validate_inputs(self, block_fn, inputs):  # Gradio's hook
         try:
             super().validate_inputs(block_fn, inputs)
         except ValueError:

@@ -14,7 +14,14 @@ from pathlib import Path
 import torch
 
 from hyvideo.apps.cli import OneLineParser, check_device, fail
-from hyvideo.conformance.core import RUNNERS, Result, discover, open_case, run_case, run_manifest
+from hyvideo.conformance.core import (
+    RUNNERS,
+    Result,
+    discover,
+    open_case,
+    run_case,
+    run_manifest,
+)
 from hyvideo.dit.attention import BACKENDS
 
 

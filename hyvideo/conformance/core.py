@@ -206,7 +206,7 @@ def run_case(case: Case, **options: Any) -> Result:
             if name in got and name not in case:
                 raise CaseError(f"expected output {name!r} is not in tensors.safetensors")
             per[name] = math.inf if name not in got else worst_ratio(got[name], case[name], atol, rtol)
-    except Exception as exc:  # a missing or unreadable expected tensor: this case fails, the run goes on
+    except Exception as exc:  # noqa: BLE001 (a missing or unreadable expected tensor fails this case only)
         return Result(case.kind, case.name, math.inf, f"error: {type(exc).__name__}: {exc}")
     worst = max(per.values(), default=math.inf)
     bad = [n for n, w in per.items() if not w <= 1.0]
