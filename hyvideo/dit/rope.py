@@ -42,6 +42,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     would be 1.4 GiB each, three at once (see scripts/memory_plan.py); a compiled graph fuses
     them away, so it rotates in one piece.
     """
+    if torch.compiler.is_compiling():
+        return _rotate(x, cos, sin)
     return apply_rope_(torch.empty_like(x), cos, sin, source=x)
 
 
@@ -49,10 +51,12 @@ def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                 source: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`apply_rope` written into ``x`` (from ``source``, default ``x`` itself); returns ``x``."""
     source = x if source is None else source
-    n = source.shape[1]
-    step = n if torch.compiler.is_compiling() else ROPE_CHUNK_TOKENS
-    for start in range(0, n, step):
-        rows = slice(start, start + step)
+    if torch.compiler.is_compiling():
+        # One piece, and no Python loop over the token count: range() would make the symbolic
+        # count concrete, and the compiled blocks would recompile for every resolution.
+        return x.copy_(_rotate(source, cos, sin))
+    for start in range(0, source.shape[1], ROPE_CHUNK_TOKENS):
+        rows = slice(start, start + ROPE_CHUNK_TOKENS)
         x[:, rows] = _rotate(source[:, rows], cos[rows], sin[rows])
     return x
 
