@@ -66,11 +66,22 @@ def unique_path(folder: Path, stem: str, suffix: str) -> Path:
     return candidate
 
 
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk: the manifest line that follows an
+    output must never describe a file a power loss could still take back."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _publish(tmp: Path, final: Path) -> Path:
     """Move a finished temporary file to ``final`` without ever replacing an existing file."""
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+    _sync(tmp)
     while True:
         try:
             os.link(tmp, final)
@@ -78,6 +89,7 @@ def _publish(tmp: Path, final: Path) -> Path:
         except FileExistsError:  # somebody took the name meanwhile: pick the next free one
             final = unique_path(final.parent, final.stem, final.suffix)
     tmp.unlink()
+    _sync(final.parent)
     return final
 
 
@@ -161,6 +173,8 @@ def write_frames(video: torch.Tensor, folder: Path, metadata: Mapping[str, Any] 
             iio.imwrite(tmp / f"{i:05d}.png", frame)
         if metadata:
             (tmp / SETTINGS_FILE).write_text(to_json(dict(metadata), indent=2), encoding="utf-8")
+        for file in [*tmp.iterdir(), tmp]:
+            _sync(file)
         final = folder
         while True:
             try:
@@ -170,6 +184,7 @@ def write_frames(video: torch.Tensor, folder: Path, metadata: Mapping[str, Any] 
                 final = unique_path(folder.parent, folder.name, "")
         final.rmdir()
         os.rename(tmp, final)  # renaming onto a just-freed name; the folder is complete
+        _sync(final.parent)
         return final
     finally:
         if tmp.exists():
