@@ -60,6 +60,7 @@ if str(ROOT) not in sys.path:
 from hyvideo import compat
 from hyvideo.dit.config import DiTConfig
 from hyvideo.pipeline.variants import SamplingDefaults, variant_spec
+from hyvideo.text.clip import text_tower
 from hyvideo.runtime.flops import dit_forward_flops
 from hyvideo.vae import VAEConfig
 
@@ -189,7 +190,7 @@ def build_text_models(setup: BenchSetup, device: torch.device, seed: int = SEED)
     llm = _materialize(_meta_llama(setup.llm, setup.text_dtype), device, seed + 1)
     llm.rotary_emb = type(llm.rotary_emb)(config=llm.config, device=device)
     clip = _materialize(_meta_clip(setup.clip, setup.text_dtype), device, seed + 2)
-    emb = clip.text_model.embeddings
+    emb = text_tower(clip).embeddings
     emb.position_ids = torch.arange(emb.position_embedding.num_embeddings, device=device)[None]
     for name, model in (("Llama", llm), ("CLIP", clip)):
         left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

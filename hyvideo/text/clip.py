@@ -62,9 +62,29 @@ def clip_text_config(config: dict, source: str = "config") -> CLIPTextConfig:
     return CLIPTextConfig.from_dict(text)
 
 
+def text_tower(model: CLIPTextModel) -> torch.nn.Module:
+    """The module holding ``embeddings``/``encoder``/``final_layer_norm``: ``model.text_model``
+    in transformers <= 5.13, the model itself in later releases (their keys lost the prefix)."""
+    return getattr(model, "text_model", model)
+
+
+def key_mapper(model: CLIPTextModel):
+    """Checkpoint key -> this transformers' CLIPTextModel key (None = ignored): official files
+    carry ``text_model.*``; newer transformers name the same tensors without the prefix."""
+    prefixed = any(k.startswith("text_model.") for k in model.state_dict())
+
+    def mapped(key: str) -> str | None:
+        key = clip_key(key)
+        if key is None or prefixed:
+            return key
+        return key.removeprefix("text_model.")
+
+    return mapped
+
+
 def _rebuild_position_ids(model: CLIPTextModel, device: torch.device | str | None) -> None:
     # Non-persistent buffer, created empty by the meta build: positions 0..max_position-1.
-    embeddings = model.text_model.embeddings
+    embeddings = text_tower(model).embeddings
     count = embeddings.position_embedding.num_embeddings
     embeddings.position_ids = torch.arange(count, device=device).expand(1, -1)
 
@@ -84,11 +104,11 @@ class CLIPTextEncoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.text_model.embeddings.token_embedding.weight.device
+        return text_tower(self.model).embeddings.token_embedding.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.text_model.embeddings.token_embedding.weight.dtype
+        return text_tower(self.model).embeddings.token_embedding.weight.dtype
 
     @property
     def hidden_size(self) -> int:
@@ -146,7 +166,7 @@ def load_clip_encoder(
         tokenizer = load_clip_tokenizer(folder, max_length)
     with torch.device("meta"):
         model = CLIPTextModel(config)
-    state = read_weights(files, clip_key, dtype=dtype, device=device)
+    state = read_weights(files, key_mapper(model), dtype=dtype, device=device)
     assign_weights(model, state, source=f"CLIP weights in {folder}", hint=CLIP_HINT)
     _rebuild_position_ids(model, device)
     return CLIPTextEncoder(materialized(model, str(folder)), tokenizer, max_length)
