@@ -322,7 +322,9 @@ def build_models(preset: str) -> Models:
     llm = _on_host(bench._meta_llama(setup.llm, fp16))
     llm.rotary_emb = type(llm.rotary_emb)(config=llm.config, device=HOST)
     clip = _on_host(bench._meta_clip(setup.clip, fp16))
-    emb = clip.text_model.embeddings
+    from hyvideo.text.clip import text_tower
+
+    emb = text_tower(clip).embeddings
     emb.position_ids = torch.arange(emb.position_embedding.num_embeddings, device=HOST)[None]
     llm_tok, clip_tok = bench.tokenizers()
     text = TextEncoders(LLMTextEncoder(llm, llm_tok), CLIPTextEncoder(clip, clip_tok))

@@ -335,3 +335,44 @@ def test_followers_survive_an_idle_page_longer_than_the_collective_timeout(tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         assert (tmp_path / f"runs.{rank}").read_text().splitlines() == ["after a long idle", "and again"]
+
+
+# ---- on a GPU (scripts/gpu_check.sh runs these; they skip here) ---------------------------------
+
+ACCELERATOR = __import__("hyvideo.compat", fromlist=["accelerator_type"]).accelerator_type()
+needs_gpu = pytest.mark.skipif(ACCELERATOR is None, reason="needs an accelerator")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_sequence_parallel_lse_kernels(dtype):
+    """The real kernels: fp32 takes the efficient kernel (LSE padded to 32 rows), bf16 flash."""
+    pytest.importorskip("yunchang")
+    from hyvideo.runtime.parallel.attention import attention_with_lse, sdpa_with_lse
+
+    device = torch.device(ACCELERATOR)
+    g = torch.Generator(device).manual_seed(0)
+    q, k, v = (torch.randn(1, 100, 4, 64, device=device, generator=g).to(dtype) for _ in range(3))
+    raw = sdpa_with_lse(*(t.transpose(1, 2) for t in (q, k, v)))[1]
+    _, lse = attention_with_lse(q, k, v)
+    assert lse.shape == (1, 4, 100) and raw.shape[-1] >= 100
+    groups = AttentionGroups((70, 70), 100, 60)  # 60 image + 10 valid text + 30 padding
+    qq, kk, vv = (t.expand(2, -1, -1, -1).contiguous() for t in (q, k, v))
+    got = _single_rank_sp_attention()(qq, kk, vv, groups)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), attention(qq, kk, vv, groups, backend="sdpa").float(), atol=tol, rtol=tol)
+
+
+@needs_gpu
+def test_gpu_block_swap_pins_power_of_two_chunks():
+    from hyvideo.runtime.offload import OffloadConfig, offload_components
+    from hyvideo.runtime.offload.arena import pow2_ceil
+
+    dit, inputs, reference = _tiny_dit_and_reference()
+    device = torch.device(ACCELERATOR)
+    offload = offload_components({"dit": dit}, device, OffloadConfig("blocks", 2))
+    swap = offload.swaps["dit"]
+    assert swap.pin and all(c.is_pinned() and c.numel() == pow2_ceil(c.numel()) for c in swap.arena.chunks)
+    with offload.use("dit"), torch.inference_mode():
+        got = dit(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in inputs))
+    torch.testing.assert_close(got.cpu(), reference, atol=1e-4, rtol=1e-4)
