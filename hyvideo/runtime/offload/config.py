@@ -25,35 +25,32 @@ else changes. Hooks are registered with the public ``nn.Module`` hook API inside
 nothing to offload to, but the bookkeeping still runs -- the "device copies" are real copies
 into separate buffers -- so the tests exercise the same paths; pinning and streams are skipped.
 
-Memory budget for 720x1280, 129 frames on a 24 GB GPU (ESTIMATES from parameter counts and
-tensor shapes, not measurements):
+Memory at 720x1280, 129 frames, COMPUTED by ``scripts/memory_plan.py`` (the real code path with
+fake tensors and a live-bytes tracker; not yet measured on a GPU -- ``scripts/gpu_check.sh``
+compares). Peak tensor bytes on the GPU, GiB, text encoders fp16, VAE fp16 tiled, one prompt:
 
-* Geometry: latents 16 x 33 x 90 x 160; with the 1x2x2 patch that is 33*45*80 = 118,800 image
-  tokens (+ up to 256 text tokens); hidden size 3072. One token tensor [1, 119k, 3072] in bf16
-  is ~0.73 GB.
-* DiT weights: ~12.8 B parameters. bf16: ~25.6 GB -- does not fit at all. FP8 (official
-  ``*_fp8.pt``, block Linears in float8): ~12.4 GB of block weights + ~0.7 GB of bf16 small
-  modules, norms and biases: ~13 GB.
-* Activations inside one block (batch 1, the cfg-distilled model needs no CFG batch; SDPA
-  flash / memory-efficient attention, no N^2 matrix): the single block's linear1 output
-  [119k, 21504] is ~5.1 GB, q/k/v ~2.2 GB, the MLP hidden [119k, 12288] ~2.9 GB plus its
-  activation, the residual stream and RoPE tables; peak roughly 6-10 GB. With real CFG
-  (``--cfg-scale`` > 1, batch 2) double that.
-* So FP8 + everything resident: ~13 GB weights + 6-10 GB activations + ~1 GB context and
-  workspaces = 20-24 GB: at the limit, and only if the text encoders (llava-llama-3-8B in
-  fp16 ~16 GB, CLIP-L ~0.25 GB) and the VAE are not on the device at the same time -- ``model``
-  offload is required in any case.
-* ``blocks`` with K=2: the block slots hold 2 x the largest block (a double block is ~340 M
-  parameters: ~0.68 GB in bf16, ~0.34 GB in FP8) plus ~0.7 GB of small modules: under 2.1 GB of
-  DiT weights even in bf16, leaving ~20 GB for activations. bf16 weights then fit on 24 GB.
-  Cost: every step streams all block weights (~25 GB bf16 / ~12.5 GB FP8) over PCIe, ~1 s
-  (bf16) at ~25 GB/s pinned; one block's compute at 720p takes on the order of a second
-  (~13 PFLOP per step, linears + attention, over 60 blocks), far longer than its ~27 ms copy,
-  so the prefetch hides the transfer. Host memory: the pinned blocks need ~26 GB (bf16) of RAM.
-* ``sequential``: only one module's weights on the device at a time (the largest, a single
-  block's linear1, ~0.13 GB in bf16), but every copy is on the compute stream, not hidden.
-* VAE decode: ~0.25 B parameters (~0.5 GB fp16); untiled decoding of 129 x 720 x 1280 frames
-  needs tens of GB, the default tiling (``--vae-tiling``) keeps it to a few GB.
+=============================  ======  =======  ======  ======
+mode                           text    denoise  decode  total
+=============================  ======  =======  ======  ======
+none, bf16 DiT                 38.67   49.59    46.59   49.59
+none, ``--use-fp8``            27.07   37.99    34.99   37.99
+model, bf16                    14.33   34.93    8.50    34.93
+model, ``--use-fp8``           14.33   23.33    8.50    23.33
+blocks K=2, bf16               14.33   12.98    8.50    14.33
+blocks K=2, ``--use-fp8``      14.33   12.35    8.50    14.33
+=============================  ======  =======  ======  ======
+
+Add ~0.5-1 GiB for the CUDA context, allocator rounding and library workspaces. The DiT's
+weights are 23.99 GiB in bf16 (11.6 GiB of FP8 blocks + bf16 rest under ``--use-fp8``); the
+Llama-3 8B text encoder's 14.0 GiB set the floor of ``model`` and ``blocks`` (its stage), so
+``none`` cannot fit 40 GB. The denoising peak is inside a single block (its ``linear1`` output,
+4.77 GiB, and its activation). Ulysses 8 lowers each rank's denoising peak (``model``, bf16:
+26.34 GiB). Host memory: ``blocks`` pins the blocks in one arena of power-of-two chunks (bf16:
+23.2 GiB of blocks in 24.0 GiB; pinned one block at a time they took 40.0 GiB), ``sequential``
+likewise every tensor (bf16 DiT + text encoders + VAE: 39.0 GiB instead of 48.8 GiB). Every step
+streams all block weights (~25 GB bf16 / ~12.5 GB FP8) over PCIe, ~1 s at ~25 GB/s pinned; one
+block's copy (~27 ms for a 648 MiB double block) is far shorter than its compute at 720p (0.2
+PFLOP, ~0.5 s at 400 TFLOP/s), so the prefetch hides the transfer.
 """
 
 
