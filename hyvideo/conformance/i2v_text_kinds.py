@@ -28,6 +28,7 @@ from hyvideo.text.llava import (
     black_image,
     interleave_for,
     llava_config,
+    key_mapper,
     llava_key,
     load_llava_encoder,
     unused_by_output,
@@ -194,9 +195,10 @@ def check_llava_manifest(meta: dict) -> list[str]:
     ours = {k: tuple(v.shape) for k, v in full.model.state_dict().items()}
     lm_head = tuple(full.lm_head.weight.shape)
     unused = unused_by_output(config)
+    rename = key_mapper(full.model)
     problems, covered, affecting = [], set(), 0
     for entry in meta["keys"]:
-        key, shape, name = entry["key"], tuple(entry["shape"]), llava_key(entry["key"])
+        key, shape, name = entry["key"], tuple(entry["shape"]), rename(entry["key"])
         if name is None:
             if key != "language_model.lm_head.weight" or shape != lm_head:
                 problems.append(f"{key} {shape} is skipped by our key table")
@@ -206,7 +208,7 @@ def check_llava_manifest(meta: dict) -> list[str]:
             continue
         else:
             covered.add(name)
-            affects = not name.startswith(unused)
+            affects = not llava_key(key).startswith(unused)  # unused: in the file's (nested) names
             if ours[name] != shape:
                 problems.append(f"{key}: our shape {ours[name]} != {shape}")
         if affects != entry["affects_reference_output"]:

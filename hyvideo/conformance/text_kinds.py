@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from hyvideo.conformance.core import Case
-from hyvideo.text.clip import clip_key, load_clip_encoder
+from hyvideo.text.clip import key_mapper, load_clip_encoder
 from hyvideo.text.llm import LLMTextEncoder, llm_key, load_llm_encoder
 from hyvideo.text.prompts import PROMPT_TEMPLATES
 from hyvideo.text.tokenizer import build_llava_llama3_tokenizer, derive_crop_start
@@ -147,7 +147,8 @@ def _full_and_used(meta: dict) -> tuple[torch.nn.Module, torch.nn.Module, object
             return LlamaForCausalLM(llama), LlamaModel(llama), llm_key
         if config.get("model_type") == "clip":
             clip = CLIPConfig.from_dict(config)
-            return CLIPModel(clip), CLIPTextModel(clip.text_config), clip_key
+            text = CLIPTextModel(clip.text_config)
+            return CLIPModel(clip), text, key_mapper(text)
     raise ValueError(f"unknown text encoder model_type {config.get('model_type')!r}")
 
 

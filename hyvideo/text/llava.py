@@ -152,6 +152,29 @@ def llava_config(config: dict, source: str = "config") -> LlavaConfig:
     return LlavaConfig.from_dict(copy.deepcopy(config))  # its __init__ edits the sub-dicts
 
 
+_NESTED_VISION = "vision_tower.vision_model."
+
+
+def key_mapper(model: LlavaModel) -> Callable[[str], str | None]:
+    """Checkpoint key -> this transformers' ``LlavaModel`` key (None = not loaded):
+    :func:`llava_key`, then ``vision_tower.vision_model.*`` -> ``vision_tower.*`` where the
+    installed transformers' CLIPVisionModel has no ``vision_model`` wrapper (5.14 and later)."""
+    flat = not any(k.startswith(_NESTED_VISION) for k in model.state_dict())
+
+    def mapped(key: str) -> str | None:
+        name = llava_key(key)
+        if flat and name is not None and name.startswith(_NESTED_VISION):
+            return "vision_tower." + name[len(_NESTED_VISION):]
+        return name
+
+    return mapped
+
+
+def vision_body(model: LlavaModel) -> torch.nn.Module:
+    """The vision tower's embeddings/encoder holder under every transformers we allow."""
+    return getattr(model.vision_tower, "vision_model", model.vision_tower)
+
+
 def unused_by_output(config: LlavaConfig, settings: LlavaEncodeSettings = LlavaEncodeSettings()
                      ) -> tuple[str, ...]:
     """Key prefixes (``LlavaModel`` names) whose weights cannot change the encoder's output.
@@ -228,7 +251,7 @@ def _rebuild_buffers(model: LlavaModel, device: torch.device | str | None) -> No
     # Non-persistent buffers are computed at construction, so a meta build leaves them empty.
     language = model.language_model
     language.rotary_emb = type(language.rotary_emb)(config=language.config, device=device)
-    embeddings = model.vision_tower.vision_model.embeddings
+    embeddings = vision_body(model).embeddings
     embeddings.position_ids = torch.arange(embeddings.num_positions, device=device).expand(1, -1)
 
 
@@ -284,7 +307,7 @@ def load_llava_encoder(
         tokenizer = load_llm_tokenizer(tokenizer_folder or folder)
     with torch.device("meta"):
         model = LlavaModel(config)
-    stream_weights(model, files, llava_key, dtype=dtype, device=device,
+    stream_weights(model, files, key_mapper(model), dtype=dtype, device=device,
                    source=f"LLaVA weights in {folder}")
     _rebuild_buffers(model, device)
     return LlavaTextImageEncoder(materialized(model, str(folder)), tokenizer, processor, settings,
@@ -432,7 +455,7 @@ class LlavaTextImageEncoder:
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected image features [B, 576, D] (vision ``hidden_states[-2]`` without CLS)."""
         config = self.model.config
-        vision_dtype = self.model.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
+        vision_dtype = vision_body(self.model).embeddings.patch_embedding.weight.dtype
         out = self.model.get_image_features(
             pixel_values=pixel_values.to(self.device, vision_dtype),
             vision_feature_layer=config.vision_feature_layer,
