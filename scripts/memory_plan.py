@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 GiB = 1 << 30
 
@@ -134,6 +134,68 @@ def module_names(tracker: LiveBytes, roots: dict[str, torch.nn.Module]) -> Itera
     finally:
         for h in handles:
             h.remove()
+
+
+# ---- CUDA autocast, emulated anywhere --------------------------------------------------------------
+
+# CUDA autocast's op lists (torch.amp reference, "CUDA Op-Specific Behavior"), as the aten ops a
+# dispatch mode sees once composite ops are decomposed (linear -> addmm/mm, layer_norm ->
+# native_layer_norm, SDPA -> its kernels).
+AUTOCAST_LOWER = frozenset({
+    "addmm", "mm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "addr", "matmul", "linear", "convolution",
+    "_convolution", "prelu", "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu"})
+AUTOCAST_FP32 = frozenset({
+    "acos", "asin", "cosh", "sinh", "tan", "erfinv", "exp", "expm1", "log", "log10", "log1p", "log2",
+    "pow", "reciprocal", "rsqrt", "sum", "prod", "cumsum", "cumprod", "norm", "linalg_vector_norm",
+    "renorm", "dist", "cdist", "_cdist_forward", "pdist", "layer_norm", "native_layer_norm", "group_norm",
+    "native_group_norm", "softmax", "_softmax", "log_softmax", "_log_softmax", "softplus", "normalize",
+    "cosine_similarity"})
+AUTOCAST_PROMOTE = frozenset({"addcdiv", "addcmul", "atan2", "cross", "dot", "grid_sampler", "index_put",
+                              "scatter_add", "tensordot", "bilinear"})
+_AUTOCASTABLE = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def autocast_rule(func, args, kwargs, lower: torch.dtype) -> torch.dtype | None:
+    """The dtype CUDA autocast runs ``func`` in (None: it leaves the op alone). In-place ops
+    and ops given an explicit ``dtype=`` are not eligible, as documented."""
+    name = func.overloadpacket.__name__
+    if func._schema.is_mutable or kwargs.get("dtype") is not None:
+        return None
+    if name in AUTOCAST_LOWER:
+        return lower
+    if name in AUTOCAST_FP32:
+        return torch.float32
+    if name in AUTOCAST_PROMOTE:
+        dtypes = [t.dtype for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.dtype in _AUTOCASTABLE]
+        return max(dtypes, key=lambda d: torch.finfo(d).bits) if dtypes else None
+    return None
+
+
+class CudaAutocast(TorchDispatchMode):
+    """``torch.autocast("cuda", dtype)``'s casting on any device (``cast=False``: only check),
+    recording ``(op, input dtypes, output dtypes, input ids, output ids)`` in ``trace``."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16, *, cast: bool = True):
+        super().__init__()
+        self.dtype, self.cast, self.trace = dtype, cast, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = autocast_rule(func, args, kwargs, self.dtype) if self.cast else None
+        if target is not None:
+            def to(t):
+                return t.to(target) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCASTABLE else t
+
+            args, kwargs = tree_map(to, args), tree_map(to, kwargs)
+        out = func(*args, **kwargs)
+        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        self.trace.append((func, [t.dtype for t in ins], [t.dtype for t in outs],
+                           [id(t) for t in ins], [id(t) for t in outs]))
+        return out
 
 
 # ---- a fake world: fake tensors, the meta device as the GPU, CUDA's attention kernels -----------
