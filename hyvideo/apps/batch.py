@@ -41,7 +41,7 @@ from hyvideo.pipeline.types import MAX_SEED, UsageError, check_int, check_text
 MANIFEST_NAME = "manifest.jsonl"
 TORN_SUFFIX = ".torn"
 MAX_FILE_BYTES = 64 * 2**20  # a prompt file larger than this is not a prompt file
-ROW_FIELDS = ("prompt", "seed", "negative_prompt", "id")
+ROW_FIELDS = ("prompt", "seed", "negative_prompt", "id", "image")
 SAFE_ID = re.compile(r"[\w+-][\w.+-]{0,99}")  # becomes part of a file name: no '/', no leading '.'
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class PromptJob:
     seed: int
     negative_prompt: str | None = None
     where: str = field(default="", compare=False)  # "FILE line N", for messages about this row
+    image: Path | None = None  # image to video: the row's picture (relative paths: to the file's folder)
 
 
 def video_ids(job_id: str, num_videos: int) -> list[str]:
@@ -155,7 +156,7 @@ def _rows_csv(path: Path, text: str):
     unknown = [h for h in header if h not in ("", *ROW_FIELDS)]
     if unknown:
         raise PromptFileError(f"{path}: unknown CSV column {unknown[0]!r}; the columns are an unnamed "
-                              "index, prompt, and optionally id, seed, negative_prompt")
+                              "index, prompt, and optionally id, seed, negative_prompt, image")
     index = "id" if "id" in header else ("" if "" in header else None)
     if len(set(header)) != len(header):
         twice = sorted({h for h in header if header.count(h) > 1})
@@ -233,7 +234,23 @@ def _checked(where: str, check, *args, **kwargs):
         raise PromptFileError(f"{where}: {exc}") from None
 
 
-def _job(row: dict, number: int, where: str, base_seed: int, cells: bool) -> PromptJob:
+def _row_image(raw: Any, folder: Path, where: str) -> Path | None:
+    """A row's image: a path (relative to the prompt file's folder), checked to be a file."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise PromptFileError(f"{where}: image must be a file path, got {raw!r}")
+    path = Path(raw.strip())
+    path = path if path.is_absolute() else folder / path
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise PromptFileError(f"{where}: image {raw.strip()!r} {what} (looked at {path}); paths are relative "
+                              "to the prompt file's folder")
+    return path
+
+
+def _job(row: dict, number: int, where: str, base_seed: int, cells: bool,
+         folder: Path = Path(".")) -> PromptJob:
     """One row as a job; ``cells``: the values are text (CSV), else typed (JSON)."""
     unknown = sorted(set(row) - set(ROW_FIELDS))
     if unknown:
@@ -246,7 +263,8 @@ def _job(row: dict, number: int, where: str, base_seed: int, cells: bool) -> Pro
     negative = _checked(where, check_text, "negative_prompt", negative, required=False)
     job_id = _row_id(row.get("id"), number, where)
     seed = _row_seed(row.get("seed"), job_id, number, base_seed, where, cells)
-    return PromptJob(job_id, prompt, seed, (negative or "").strip() or None, where)
+    image = _row_image(row.get("image"), folder, where)
+    return PromptJob(job_id, prompt, seed, (negative or "").strip() or None, where, image)
 
 
 def read_prompt_file(path: str | Path, base_seed: int) -> list[PromptJob]:
@@ -267,7 +285,7 @@ def read_prompt_file(path: str | Path, base_seed: int) -> list[PromptJob]:
     jobs: list[PromptJob] = []
     seen: dict[str, str] = {}
     for number, row, where in reader(path, text):
-        job = _job(row, number, where, base_seed, cells=reader is _rows_csv)
+        job = _job(row, number, where, base_seed, cells=reader is _rows_csv, folder=path.parent)
         if job.id in seen:
             raise PromptFileError(f"{where}: duplicate id {job.id!r} (first at {seen[job.id]})")
         seen[job.id] = where.rpartition(" ")[2]

@@ -268,9 +268,11 @@ def runtime_flags_given(args: argparse.Namespace) -> bool:
 def checkpoint_paths(args: argparse.Namespace):
     """The path flags as :class:`~hyvideo.checkpoints.layouts.CheckpointPaths`."""
     from hyvideo.checkpoints.layouts import CheckpointPaths
+    from hyvideo.pipeline.variants import variant_spec
 
     return CheckpointPaths(args.model_base, args.model_resolution, args.dit_weight, args.vae_path,
-                           args.text_encoder_path, args.text_encoder_2_path, args.load_key, args.use_fp8)
+                           args.text_encoder_path, args.text_encoder_2_path, args.load_key, args.use_fp8,
+                           i2v="i2v" in variant_spec(args.model))
 
 
 def _check_kind(flag: str, path: Path | None, *, folder: bool) -> None:
@@ -303,7 +305,7 @@ def check_paths_early(args: argparse.Namespace) -> None:
     if is_tiny(args.model):
         return
     paths = checkpoint_paths(args)
-    if not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution) == DIFFUSERS:
+    if not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution, paths.i2v) == DIFFUSERS:
         diffusers_paths(paths)
     else:
         component_paths(paths)

@@ -22,22 +22,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyvideo.apps import cli
+from hyvideo.apps import i2v as i2v_cli
 
 log = logging.getLogger("hyvideo.sample")
 
 
-def build_parser(variants: list[str], resolutions: list[str]) -> argparse.ArgumentParser:
+def build_parser(variants: list[str], resolutions: list[str], *, i2v: bool = False) -> argparse.ArgumentParser:
     p = cli.OneLineParser(description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     cli.add_model_args(p, variants)
+    if i2v:  # sample_image2video.py: the released image-to-video model by default
+        p.set_defaults(model=i2v_cli.I2V_DEFAULT_MODEL)
+    i2v_cli.add_i2v_args(p, default_on=i2v)
     cli.add_runtime_args(p)
     cli.add_rewrite_args(p)
     s = p.add_argument_group("sampling (defaults: the model variant's)")
     s.add_argument("--prompt", help="text describing the video")
     s.add_argument("--neg-prompt", help="negative prompt for --cfg-scale > 1 (default: the official one)")
     s.add_argument("--prompt-file", type=Path, help="batch: .csv (Penguin benchmark layout: ',prompt'), .txt "
-                   "(one per line) or .jsonl (prompt, optional seed/negative_prompt/id)")
+                   "(one per line) or .jsonl (prompt, optional seed/negative_prompt/id, and image for "
+                   "--i2v-mode: a path relative to the file)")
     s.add_argument("--prompt-ids", metavar="IDS", help="only these ids of --prompt-file, e.g. 0-9,172")
     s.add_argument("--resume", action="store_true", help="skip prompt-file ids already in <save-path>/manifest.jsonl")
     s.add_argument("--video-size", type=cli.whole, nargs=2, metavar=("HEIGHT", "WIDTH"), help="multiples of 16")
@@ -92,12 +97,17 @@ class Plan:
     parallel: object | None = None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main_i2v(argv: list[str] | None = None) -> int:
+    """``sample_image2video.py``: the same program with --i2v-mode on and the I2V model."""
+    return main(argv, i2v=True)
+
+
+def main(argv: list[str] | None = None, *, i2v: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     from hyvideo.pipeline.geometry import RESOLUTIONS
     from hyvideo.pipeline.variants import variant_names
 
-    args = build_parser(variant_names(), list(RESOLUTIONS)).parse_or_exit_code(argv)
+    args = build_parser(variant_names(), list(RESOLUTIONS), i2v=i2v).parse_or_exit_code(argv)
     if isinstance(args, int):
         return args
     try:
@@ -146,6 +156,8 @@ def prepare(args: argparse.Namespace) -> Plan:
     flag was given: see cli.RUNTIME_FLAGS); then join the torchrun group."""
     from hyvideo.pipeline.variants import load_variant
 
+    i2v_cli.select_model(args)  # --i2v-mode: the image-to-video sibling of --model
+    args.lora += i2v_cli.official_lora(args)
     check_prompt_flags(args)
     cli.check_flags_used(args)
     load = cli.load_options(args)
@@ -161,6 +173,8 @@ def prepare(args: argparse.Namespace) -> Plan:
         jobs = make_jobs(args, variant, fields, save_path)
     cli.check_paths_early(args)
     runtime, config = checked or check_runtime(args, load, variant, fields)
+    if config is not None and variant.is_i2v:
+        i2v_cli.check_sizes([job.request for job in jobs], config, variant)
     parallel, runtime = join_parallel(args, config, runtime)
     if jobs and main_rank:
         jobs = begin(args, save_path, jobs)
@@ -215,6 +229,10 @@ def sampling_fields(args: argparse.Namespace, variant) -> dict:
 
     if args.video_size and args.resolution:
         raise ValueError("give either --video-size or --resolution, not both")
+    if variant.is_i2v and (args.video_size or args.resolution):
+        flag = "--video-size" if args.video_size else "--resolution"
+        raise ValueError(f"{flag}: in image-to-video the image picks the video size (its aspect ratio's "
+                         "bucket); choose the bucket set with --i2v-resolution 360p|540p|720p")
     if args.seed_type == "fixed" and args.num_videos > 1:
         raise ValueError("--seed-type fixed gives every video of a prompt the same seed; use --num-videos 1")
     size = args.video_size or RESOLUTIONS.get(args.resolution)
@@ -242,7 +260,7 @@ def check_runtime(args: argparse.Namespace, load, variant, fields: dict):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg_scale = variant.sampling.cfg_scale if fields["cfg_scale"] is None else fields["cfg_scale"]
     config = cli.parallel_config(args, world, cfg_scale)
-    if config is not None:
+    if config is not None and not variant.is_i2v:  # image to video: each image's size, in make_jobs
         check_degrees(config, world_size=world, geometry=variant.geometry, video_length=fields["video_length"],
                       height=fields["height"], width=fields["width"])
     return runtime, config
@@ -271,19 +289,24 @@ def make_jobs(args: argparse.Namespace, variant, fields: dict, save_path: Path) 
         rows = Manifest(save_path).pending(rows, args.num_videos) if args.resume else rows
     else:
         rows = [PromptJob(time.strftime("%Y%m%d-%H%M%S"), args.prompt, fields["seed"], args.neg_prompt)]
-    return [Job(row.id, row.prompt, row_request(variant, fields, row, args.neg_prompt)) for row in rows]
+    images = i2v_cli.ImageCache(args, variant) if variant.is_i2v else None
+    return [Job(row.id, row.prompt, row_request(variant, fields, row, args.neg_prompt, images)) for row in rows]
 
 
-def row_request(variant, fields: dict, row, neg_prompt: str | None):
-    """The request of one row: the flags' fields with the row's prompt, seed and negative prompt."""
+def row_request(variant, fields: dict, row, neg_prompt: str | None, images=None):
+    """The request of one row: the flags' fields with the row's prompt, seed and negative prompt
+    (and, in image to video, its image, which picks the size)."""
     from hyvideo.apps.batch import PromptFileError
     from hyvideo.pipeline.types import UsageError
 
     negative = row.negative_prompt or neg_prompt
+    if images is None and row.image is not None:
+        raise PromptFileError(f"{row.where}: an image column is read only in image-to-video mode (--i2v-mode)")
     try:
         request = variant.request(**{**fields, "prompt": row.prompt, "seed": row.seed, "negative_prompt": negative})
+        request = images.request(request, row) if images is not None else request
     except UsageError as exc:
-        if not row.where or exc.field not in ("prompt", "seed", "negative_prompt"):
+        if not row.where or exc.field not in ("prompt", "seed", "negative_prompt", "i2v_image_path"):
             raise
         raise PromptFileError(f"{row.where}: {exc}") from None
     if negative is not None and request.cfg_scale <= 1:
