@@ -13,10 +13,14 @@ Layouts (each one a list of fetches: repository, folder under the root, allow_pa
   extract_text_encoder.py; the LLaVA folder can be deleted afterwards), and
   openai/clip-vit-large-patch14 (safetensors and tokenizer files only) into ``text_encoder_2/``.
 * ``diffusers``: hunyuanvideo-community/HunyuanVideo, every component folder; no extraction.
+* ``official-i2v``: the image-to-video release, tencent/HunyuanVideo-I2V (DiT, VAE and the LoRA
+  effects folder), the whole LLaVA (xtuner/llava-llama-3-8b-v1_1-transformers, vision tower
+  included: no extraction) into ``text_encoder_i2v/``, and CLIP-L into ``text_encoder_2/``.
+* ``diffusers-i2v``: hunyuanvideo-community/HunyuanVideo-I2V, every component folder (with
+  ``image_processor/``).
 
-A new layout (the image-to-video release tencent/HunyuanVideo-I2V, for instance) is one more
-entry in LAYOUTS: its fetches, an optional step after them, and the folder check that proves the
-loader finds every component. Needs huggingface_hub (installed with transformers); gated or
+A new layout is one more entry in LAYOUTS: its fetches, an optional step after them, and the
+folder check that proves the loader finds every component. Needs huggingface_hub (installed with transformers); gated or
 private repositories take the token of ``hf auth login`` or HF_TOKEN. Exit code 2 on bad input or
 a failed download or check, with one line on stderr.
 """
@@ -130,11 +134,53 @@ def check_diffusers(root: Path, dit: str) -> None:
         raise CheckpointError(f"{root} is not detected as the diffusers layout")
 
 
+def official_i2v_fetches(dit: str) -> list[Fetch]:
+    model = "hunyuan-video-i2v-720p"
+    return [
+        Fetch("tencent/HunyuanVideo-I2V", "",
+              (*(f"{model}/transformers/{name}" for name in DIT_FILES[dit]), f"{model}/vae/*",
+               f"{model}/lora/*")),
+        Fetch("xtuner/llava-llama-3-8b-v1_1-transformers", "text_encoder_i2v", ("*.json", "*.safetensors")),
+        official_fetches(dit)[2],  # CLIP-L
+    ]
+
+
+def check_official_i2v(root: Path, dit: str) -> None:
+    for use_fp8 in {"bf16": [False], "fp8": [True], "both": [False, True]}[dit]:
+        found = component_paths(CheckpointPaths(model_base=root, use_fp8=use_fp8, i2v=True))
+    _check_files(found.vae, found.text_encoder, found.text_encoder_2, found.text_encoder, found.text_encoder_2)
+    if not (found.text_encoder / "preprocessor_config.json").is_file():
+        raise CheckpointError(f"missing {found.text_encoder / 'preprocessor_config.json'} (the LLaVA's image processor)")
+    if detect_layout(root, i2v=True) != "official":
+        raise CheckpointError(f"{root} is not detected as the official image-to-video layout")
+
+
+def diffusers_i2v_fetches(dit: str) -> list[Fetch]:
+    folders = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+               "image_processor", "scheduler")
+    return [Fetch("hunyuanvideo-community/HunyuanVideo-I2V", "",
+                  ("model_index.json", *(f"{f}/*" for f in folders)))]
+
+
+def check_diffusers_i2v(root: Path, dit: str) -> None:
+    from hyvideo.checkpoints.layouts import shard_files
+
+    found = diffusers_paths(CheckpointPaths(model_base=root, i2v=True))
+    shard_files(found.transformer)
+    _check_files(found.vae, found.text_encoder, found.text_encoder_2, found.tokenizer, found.tokenizer_2)
+    if detect_layout(root, i2v=True) != "diffusers":
+        raise CheckpointError(f"{root} is not detected as the diffusers layout")
+
+
 LAYOUTS: dict[str, Layout] = {
     "official": Layout(official_fetches, extract_llm, check_official,
                        [f"after the check, {LLAVA_FOLDER}/ may be deleted (~16 GB)"]),
     "diffusers": Layout(diffusers_fetches, None, check_diffusers,
                         ["the DiT is always bf16 here (--dit does not apply)"]),
+    "official-i2v": Layout(official_i2v_fetches, None, check_official_i2v,
+                           ["image to video: run sample_image2video.py --model-base ROOT"]),
+    "diffusers-i2v": Layout(diffusers_i2v_fetches, None, check_diffusers_i2v,
+                            ["the DiT is always bf16 here (--dit does not apply)"]),
 }
 
 

@@ -20,6 +20,7 @@ sys.modules["download_weights"] = dw  # dataclasses look their module up while t
 spec.loader.exec_module(dw)
 
 T2V = "hunyuan-video-t2v-720p"
+I2V = "hunyuan-video-i2v-720p"
 # The files of each repository (as listed on the Hub; sizes do not matter here).
 REPOS = {
     "tencent/HunyuanVideo": [
@@ -38,6 +39,24 @@ REPOS = {
         ".gitattributes", "README.md", "config.json", "flax_model.msgpack", "merges.txt",
         "model.safetensors", "preprocessor_config.json", "pytorch_model.bin", "special_tokens_map.json",
         "tf_model.h5", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+    ],
+    "tencent/HunyuanVideo-I2V": [
+        ".gitattributes", "README.md", "assets/demo.png",
+        f"{I2V}/transformers/mp_rank_00_model_states.pt",
+        f"{I2V}/vae/config.json", f"{I2V}/vae/pytorch_model.pt",
+        f"{I2V}/lora/embrace_kohaya_weights.safetensors", f"{I2V}/lora/hair_growth_kohaya_weights.safetensors",
+    ],
+    "hunyuanvideo-community/HunyuanVideo-I2V": [
+        ".gitattributes", "README.md", "model_index.json", "scheduler/scheduler_config.json",
+        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
+        *(f"transformer/diffusion_pytorch_model-0000{i}-of-00006.safetensors" for i in range(1, 7)),
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+        *(f"text_encoder/model-0000{i}-of-00004.safetensors" for i in range(1, 5)),
+        "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
+        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+        "tokenizer_2/merges.txt", "tokenizer_2/special_tokens_map.json",
+        "tokenizer_2/tokenizer_config.json", "tokenizer_2/vocab.json", "image_processor/preprocessor_config.json",
     ],
     "hunyuanvideo-community/HunyuanVideo": [
         ".gitattributes", "README.md", "model_index.json", "scheduler/scheduler_config.json",
@@ -166,3 +185,32 @@ def test_dry_run_lists_files_with_sizes_and_survives_an_unlistable_repo(tmp_path
     assert "cannot list openai/clip-vit-large-patch14: OSError: offline" in out
     assert "without the 1 unlisted repositories" in out
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_official_i2v_download_leaves_a_folder_the_loader_accepts(tmp_path, capsys):
+    calls = []
+    root = tmp_path / "ckpts"
+    assert dw.main(["--layout", "official-i2v", "--root", str(root)],
+                   fetch_fn=_fake_snapshot(_local_hub(tmp_path), calls)) == 0
+    assert calls == ["tencent/HunyuanVideo-I2V", "xtuner/llava-llama-3-8b-v1_1-transformers",
+                     "openai/clip-vit-large-patch14"]
+    assert (root / I2V / "lora" / "embrace_kohaya_weights.safetensors").is_file()
+    assert not (root / "assets").exists()
+    for missing in (f"{I2V}/vae/pytorch_model.pt", f"{I2V}/transformers/mp_rank_00_model_states.pt",
+                    "text_encoder_i2v/preprocessor_config.json", "text_encoder_2/model.safetensors"):
+        (root / missing).rename(root / "aside")
+        assert dw.main(["--layout", "official-i2v", "--root", str(root), "--check-only"]) == 2, missing
+        err = capsys.readouterr().err
+        assert Path(missing).name in err or Path(missing).parent.name in err, (missing, err)
+        (root / "aside").rename(root / missing)
+
+
+def test_diffusers_i2v_patterns_take_every_component_folder_and_the_check_needs_the_image_processor(tmp_path, capsys):
+    (files,) = _fetched("diffusers-i2v").values()
+    assert "image_processor/preprocessor_config.json" in files and "README.md" not in files
+    root = tmp_path / "hv-i2v"
+    assert dw.main(["--layout", "diffusers-i2v", "--root", str(root)],
+                   fetch_fn=_fake_snapshot(_local_hub(tmp_path), [])) == 0
+    shutil.rmtree(root / "image_processor")
+    assert dw.main(["--layout", "diffusers-i2v", "--root", str(root), "--check-only"]) == 2
+    assert "image_processor" in capsys.readouterr().err

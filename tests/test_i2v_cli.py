@@ -133,3 +133,8 @@ def test_offload_modes_equal_none(images):
         assert torch.equal(result.latents, reference.latents), config.mode
         assert torch.equal(result.videos, reference.videos), config.mode
     assert torch.equal(reference.latents[:, :, :1], pipe.image_latents(request).cpu())  # frame 0 = the image
+
+
+def test_an_i2v_model_without_i2v_mode_is_refused(capsys, tmp_path):
+    assert sample.main(["--model", "tiny-random-i2v", "--prompt", "x", "--save-path", str(tmp_path)]) == 2
+    assert "animates an image: add --i2v-mode" in capsys.readouterr().err

@@ -59,6 +59,9 @@ def select_model(args: argparse.Namespace) -> None:
                  if getattr(args, f) is not None] + (["i2v_stability"] if args.i2v_stability else [])
         if given:
             raise ValueError(f"--{given[0].replace('_', '-')} needs --i2v-mode (image to video)")
+        if load_variant(args.model).is_i2v:
+            raise ValueError(f"--model {args.model} animates an image: add --i2v-mode and --i2v-image-path "
+                             "(or run sample_image2video.py)")
         return
     kind = args.i2v_condition_type
     sibling = I2V_SIBLINGS.get((args.model, kind or "token_replace"))

@@ -130,6 +130,8 @@ def load_diffusers_components(opts: LoadOptions, expected: DiTConfig | None,
     dtype = dtype_of(opts.precisions.precision)
     log.info("loading the DiT from %s (diffusers layout)", paths.transformer)
     if paths.transformer.is_dir():
+        if expected is not None:
+            _check_task(paths.transformer, expected, opts.model)
         if expected is not None and _differs(paths.transformer, expected):
             log.warning("%s/config.json differs from the %s variant; using the folder's", paths.transformer,
                         opts.model)
@@ -147,6 +149,20 @@ def load_diffusers_components(opts: LoadOptions, expected: DiTConfig | None,
         log.info("loading the text encoders from %s and %s", paths.text_encoder, paths.text_encoder_2)
         text = load_diffusers_text_encoders(paths, opts, device)
     return dit, vae, text
+
+
+def _check_task(folder: Path, expected: DiTConfig, model: str) -> None:
+    """A text-to-video transformer given to an image-to-video model, or the reverse (or another
+    conditioning type), is a CheckpointError: the weights would load and make a wrong video."""
+    try:
+        found = dit_config_from_diffusers(read_json(folder / "config.json")).i2v_condition_type
+    except ValueError:
+        return  # the load reports it
+    if found != expected.i2v_condition_type:
+        def what(kind):
+            return f"an image-to-video ({kind}) model" if kind else "a text-to-video model"
+        raise CheckpointError(f"{folder}/config.json describes {what(found)}, but --model {model} is "
+                              f"{what(expected.i2v_condition_type)}; give the matching --model or folder")
 
 
 def _differs(folder: Path, expected: DiTConfig) -> bool:
