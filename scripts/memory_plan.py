@@ -178,9 +178,11 @@ class CudaAutocast(TorchDispatchMode):
     """``torch.autocast("cuda", dtype)``'s casting on any device (``cast=False``: only check),
     recording ``(op, input dtypes, output dtypes, input ids, output ids)`` in ``trace``."""
 
-    def __init__(self, dtype: torch.dtype = torch.bfloat16, *, cast: bool = True):
+    def __init__(self, dtype: torch.dtype = torch.bfloat16, *, cast: bool = True, record: bool = True,
+                 keep: bool = False):
         super().__init__()
-        self.dtype, self.cast, self.trace = dtype, cast, []
+        self.dtype, self.cast, self.record, self.trace = dtype, cast, record, []
+        self.kept: list | None = [] if keep else None  # keep: ids stay unique (a dataflow check)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -191,10 +193,13 @@ class CudaAutocast(TorchDispatchMode):
 
             args, kwargs = tree_map(to, args), tree_map(to, kwargs)
         out = func(*args, **kwargs)
-        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        self.trace.append((func, [t.dtype for t in ins], [t.dtype for t in outs],
-                           [id(t) for t in ins], [id(t) for t in outs]))
+        if self.record:
+            ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            self.trace.append((func, [t.dtype for t in ins], [t.dtype for t in outs],
+                               [id(t) for t in ins], [id(t) for t in outs]))
+            if self.kept is not None:
+                self.kept.append((ins, outs))
         return out
 
 

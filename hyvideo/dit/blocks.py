@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hyvideo.dit.attention import AttentionGroups, attention
-from hyvideo.dit.layers import MLP, Mod, Modulation, RMSNorm, activation, gated, layer_norm, modulate
+from hyvideo.dit.layers import MLP, Mod, Modulation, RMSNorm, activation, gated, layer_norm, lowered, modulate
 from hyvideo.dit.rope import apply_rope
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [N_img, head_dim]
@@ -42,11 +42,13 @@ def split_heads(qkv: torch.Tensor, heads: int, q_norm: nn.Module, k_norm: nn.Mod
     return q, k, v
 
 
-def modulate_tokens(x: torch.Tensor, mod: Mod, first: Mod | None = None, split: int = 0) -> torch.Tensor:
-    """``modulate(layer_norm(x))`` with ``mod``; tokens ``:split`` with ``first`` instead."""
+def modulate_tokens(x: torch.Tensor, mod: Mod, first: Mod | None = None, split: int = 0,
+                    autocast: torch.dtype | None = None) -> torch.Tensor:
+    """``modulate(layer_norm(x))`` with ``mod``; tokens ``:split`` with ``first`` instead.
+    Float32 under the autocast placement (see :func:`~hyvideo.dit.layers.layer_norm`)."""
     if first is None:
-        return modulate(layer_norm(x), mod.shift, mod.scale)
-    normed = layer_norm(x)  # a fresh tensor: each token range is modulated in place
+        return modulate(layer_norm(x, autocast=autocast), mod.shift, mod.scale)
+    normed = layer_norm(x, autocast=autocast)  # a fresh tensor: each token range is modulated in place
     for rows, m in ((slice(None, split), first), (slice(split, None), mod)):
         normed[:, rows].mul_(1 + m.scale.unsqueeze(1)).add_(m.shift.unsqueeze(1))
     return normed
@@ -65,6 +67,8 @@ def gated_tokens(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tenso
 
 class MMDoubleStreamBlock(nn.Module):
     """Image and text streams with their own weights, joined only in attention."""
+
+    autocast: torch.dtype | None = None  # the official placement (HYVideoDiffusionTransformer.set_autocast)
 
     def __init__(self, hidden: int, heads: int, mlp_hidden: int, qkv_bias: bool, qk_norm_on: bool,
                  device=None, dtype=None):
@@ -91,19 +95,22 @@ class MMDoubleStreamBlock(nn.Module):
                 first_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """img [B, N, C], txt [B, L, C], vec [B, C] -> updated (img, txt). token_replace:
         ``first_vec`` [B, C] modulates image tokens ``:first_tokens`` (see the module docstring)."""
+        ac = self.autocast  # LayerNorm and modulate in float32, the linears in bf16 (when set)
         img_mods, txt_mods = self.img_mod(vec), self.txt_mod(vec)
         first_mods = self.first_mods(first_vec, first_tokens)
-        img_qkv = split_heads(self.img_attn_qkv(modulate_tokens(img, img_mods[0], first_mods[0], first_tokens)),
-                              self.heads, self.img_attn_q_norm, self.img_attn_k_norm, rope)  # RoPE: image only
-        txt_qkv = split_heads(self.txt_attn_qkv(modulate(layer_norm(txt), txt_mods[0].shift, txt_mods[0].scale)),
+        img_qkv = split_heads(
+            self.img_attn_qkv(lowered(modulate_tokens(img, img_mods[0], first_mods[0], first_tokens, ac), ac)),
+            self.heads, self.img_attn_q_norm, self.img_attn_k_norm, rope)  # RoPE: image only
+        txt_qkv = split_heads(self.txt_attn_qkv(lowered(modulate_tokens(txt, txt_mods[0], autocast=ac), ac)),
                               self.heads, self.txt_attn_q_norm, self.txt_attn_k_norm, None)
         q, k, v = (torch.cat(pair, dim=1) for pair in zip(img_qkv, txt_qkv))  # [B, N+L, H, D]
         del img_qkv, txt_qkv  # free the per-stream projections before attention (peak memory)
         attn = attention(q, k, v, groups, backend=backend)  # [B, N+L, C]
         del q, k, v
         n = img.shape[1]
-        img = finish_stream(img, self.img_attn_proj(attn[:, :n]), self.img_mlp, img_mods, first_mods, first_tokens)
-        txt = finish_stream(txt, self.txt_attn_proj(attn[:, n:]), self.txt_mlp, txt_mods)
+        img = finish_stream(img, self.img_attn_proj(attn[:, :n]), self.img_mlp, img_mods, first_mods,
+                            first_tokens, ac)
+        txt = finish_stream(txt, self.txt_attn_proj(attn[:, n:]), self.txt_mlp, txt_mods, autocast=ac)
         return img, txt
 
     def first_mods(self, first_vec: torch.Tensor | None, first_tokens: int) -> list[Mod | None]:
@@ -114,20 +121,22 @@ class MMDoubleStreamBlock(nn.Module):
                       first_tokens: int = 0) -> torch.Tensor:
         """The image stream's modulated attention input [B, N, C] (TeaCache's change indicator)."""
         return modulate_tokens(img, self.img_mod(vec)[0], self.first_mods(first_vec, first_tokens)[0],
-                               first_tokens)
+                               first_tokens, self.autocast)
 
 
 def finish_stream(x: torch.Tensor, attn_out: torch.Tensor, mlp: nn.Module, mods,
-                  first_mods=(None, None), split: int = 0) -> torch.Tensor:
+                  first_mods=(None, None), split: int = 0, autocast: torch.dtype | None = None) -> torch.Tensor:
     """The gated attention residual, then the gated MLP residual of one stream."""
     first_attn, first_mlp = first_mods
     x = gated_tokens(x, attn_out, mods[0].gate, first_attn and first_attn.gate, split)
-    update = mlp(modulate_tokens(x, mods[1], first_mlp, split))
+    update = mlp(lowered(modulate_tokens(x, mods[1], first_mlp, split, autocast), autocast))
     return gated_tokens(x, update, mods[1].gate, first_mlp and first_mlp.gate, split)
 
 
 class MMSingleStreamBlock(nn.Module):
     """One stream over cat(img, txt): linear1 -> [qkv | mlp], linear2(cat(attn, act(mlp)))."""
+
+    autocast: torch.dtype | None = None  # the official placement (HYVideoDiffusionTransformer.set_autocast)
 
     def __init__(self, hidden: int, heads: int, mlp_hidden: int, qk_norm_on: bool,
                  device=None, dtype=None):
@@ -147,7 +156,7 @@ class MMSingleStreamBlock(nn.Module):
         modulates positions ``:first_tokens`` of the fused sequence, ``vec`` all the others."""
         (mod,) = self.modulation(vec)
         first = self.modulation(first_vec)[0] if first_vec is not None and first_tokens else None
-        h = self.linear1(modulate_tokens(x, mod, first, first_tokens))  # [B, S, 3C + M]
+        h = self.linear1(lowered(modulate_tokens(x, mod, first, first_tokens, self.autocast), self.autocast))
         qkv, mlp = h.split([3 * self.hidden, self.mlp_hidden], dim=-1)
         q, k, v = split_heads(qkv, self.heads, self.q_norm, self.k_norm, rope, n_img)
         # q and k are fresh tensors; copying v too lets the wide linear1 output be freed before

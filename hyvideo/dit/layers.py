@@ -15,9 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """LayerNorm without affine parameters, computed in float32."""
-    return F.layer_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+def layer_norm(x: torch.Tensor, eps: float = 1e-6, *, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """LayerNorm without affine parameters.
+
+    ``autocast`` (the official placement, :meth:`~hyvideo.dit.model.HYVideoDiffusionTransformer.set_autocast`):
+    CUDA autocast runs layer_norm in float32 and returns float32, so ``modulate`` then computes in
+    float32 too. Without it (``--disable-autocast``, or a float32 model) the norm runs in x's
+    dtype, as the reference's ``nn.LayerNorm`` does without autocast.
+    """
+    return F.layer_norm(x.float() if autocast is not None else x, x.shape[-1:], eps=eps)
+
+
+def lowered(x: torch.Tensor, autocast: torch.dtype | None) -> torch.Tensor:
+    """``x`` as CUDA autocast hands it to a linear: in the autocast dtype (unchanged without)."""
+    return x if autocast is None or x.dtype == autocast else x.to(autocast)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -191,8 +202,11 @@ class FinalLayer(nn.Module):
     """LayerNorm -> modulate(shift, scale) -> linear to patch pixels.
 
     The reference builds ``linear`` without the dtype factory kwargs, so it stays float32 in a
-    bf16 model; the loader keeps it float32 and its input is cast to match.
+    bf16 model; the loader keeps it float32. Under the official autocast placement it computes in
+    bf16 (autocast casts the weight); without autocast its input is cast up to float32.
     """
+
+    autocast: torch.dtype | None = None  # the official placement (HYVideoDiffusionTransformer.set_autocast)
 
     def __init__(self, hidden: int, patch: tuple[int, int, int], out_ch: int, device=None, dtype=None):
         super().__init__()
@@ -203,5 +217,8 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(vec).chunk(2, dim=-1)  # official order: shift first
-        x = modulate(layer_norm(x), shift, scale)
+        x = modulate(layer_norm(x, autocast=self.autocast), shift, scale)  # float32 under autocast
+        if self.autocast is not None:  # autocast runs the linear in bf16, its float32 weight cast too
+            w, b = self.linear.weight, self.linear.bias
+            return F.linear(x.to(self.autocast), w.to(self.autocast), None if b is None else b.to(self.autocast))
         return self.linear(x.to(self.linear.weight.dtype))

@@ -102,9 +102,33 @@ class HYVideoDiffusionTransformer(nn.Module):
             for _ in range(c.mm_single_blocks_depth)
         )
         self.final_layer = FinalLayer(h, c.patch_size, c.out_channels, **kw)
+        self.set_autocast(True)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.img_in.proj.weight.dtype
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The dtype of the official autocast placement, or None (see :meth:`set_autocast`)."""
+        return self.final_layer.autocast
+
+    def set_autocast(self, enabled: bool) -> None:
+        """Compute where the official code computes under ``torch.autocast(gpu, <precision>)``.
+
+        The reference runs the DiT under autocast whenever its precision is not float32 (and
+        ``--disable-autocast`` is not given). Reproduced with explicit casts, so every device
+        gives CUDA autocast's placement: LayerNorm in float32 and its output kept in float32
+        through modulate (and the refiner's norms and masked mean), every linear in the model's
+        precision -- the final layer's too, from its float32 weight -- and attention in it.
+        ``enabled=False`` (``--disable-autocast``): every layer in its weights' dtype, the final
+        layer's input cast up to its float32 weight. Nothing changes for a float32 model. Call
+        again after changing the model's dtype.
+        """
+        dtype = self.dtype if enabled and self.dtype in (torch.float16, torch.bfloat16) else None
+        for module in self.modules():
+            if hasattr(type(module), "autocast") and module is not self:
+                module.autocast = dtype
 
     def token_grid(self, latent_thw: tuple[int, int, int]) -> tuple[int, int, int]:
         """Latent (T, H, W) -> token grid (T', H', W')."""
@@ -199,8 +223,9 @@ class HYVideoDiffusionTransformer(nn.Module):
         longest prompt dropped."""
         c = self.config
         mask = text_mask if c.use_attention_mask else None
-        if c.text_projection == "single_refiner":
-            txt = self.txt_in(text_states.to(self.dtype), t, mask, self.attention_backend)
+        if c.text_projection == "single_refiner":  # under autocast: the states in their own dtype
+            states = text_states if self.autocast is not None else text_states.to(self.dtype)
+            txt = self.txt_in(states, t, mask, self.attention_backend)
         else:
             txt = self.txt_in(text_states.to(self.dtype))
         if mask is not None:
