@@ -22,6 +22,7 @@ import torch
 log = logging.getLogger("hyvideo.comfyui")
 
 TINY = "tiny-random"
+TINY_I2V = "tiny-random-i2v"  # the image-to-video preset (token_replace)
 # Sub-folders of ComfyUI's models/ where a checkpoint folder name is looked up, in order.
 MODEL_FOLDERS = ("hyvideo", "diffusers", "")
 
@@ -53,6 +54,39 @@ class ModelSpec:
 
     def with_lora(self, path: str, strength: float) -> ModelSpec:
         return replace(self, loras=(*self.loras, (path, float(strength))))
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model in (TINY, TINY_I2V)
+
+    @property
+    def hyvideo_model(self) -> str:
+        """The hyvideo model (variant) this spec loads: for model ``tiny-random`` the random-weight
+        preset of the variant's kind (``tiny-random-i2v`` for the token_replace image-to-video
+        variants), else the variant."""
+        from hyvideo.pipeline.variants import load_variant
+
+        if self.model == TINY_I2V:
+            return TINY_I2V
+        if self.model != TINY:
+            if self.variant in (TINY, TINY_I2V):
+                raise NodeError(f"variant {self.variant} is a random-weight preset: set model to {TINY}, "
+                                f"or choose the released variant the folder {self.model!r} holds")
+            return self.variant
+        kind = load_variant(self.variant).i2v_condition_type
+        if kind is None:
+            return TINY
+        if kind != "token_replace":
+            raise NodeError(f"variant {self.variant}: model {TINY} has no random-weight {kind} preset; "
+                            f"choose {TINY_I2V} (token_replace) or a checkpoint folder")
+        return TINY_I2V
+
+    @property
+    def is_i2v(self) -> bool:
+        """Whether this is an image-to-video model (its text node and sampler need an image)."""
+        from hyvideo.pipeline.variants import load_variant
+
+        return load_variant(self.hyvideo_model).is_i2v
 
 
 # --- ComfyUI services -----------------------------------------------------------------------------
@@ -152,15 +186,15 @@ def load_options(spec: ModelSpec):
     from hyvideo.runtime.offload.config import OffloadConfig
 
     device = comfy_device()
-    if spec.model == TINY:
-        load = LoadOptions(model=TINY, attention=spec.attention)
+    if spec.is_tiny:
+        load = LoadOptions(model=spec.hyvideo_model, attention=spec.attention)
     else:
         # On a CPU the half-precision kernels are slow or missing: the VAE and text encoders
         # follow the DiT's precision there; on an accelerator they keep the official fp16.
         other = spec.precision if device.type == "cpu" else "fp16"
         paths = CheckpointPaths(model_base=resolve_model_folder(spec.model),
                                 model_resolution=spec.resolution, use_fp8=spec.use_fp8)
-        load = LoadOptions(model=spec.variant, paths=paths, attention=spec.attention,
+        load = LoadOptions(model=spec.hyvideo_model, paths=paths, attention=spec.attention,
                            precisions=Precisions(spec.precision, other, other, other))
     runtime = RuntimeOptions(
         device=device, offload=OffloadConfig(spec.offload, spec.blocks_on_device),
@@ -181,7 +215,7 @@ def pipeline_for(spec: ModelSpec):
         unload_all()  # one HunyuanVideo model in memory: a 13B DiT does not fit twice
         free_comfy_models()
         load, runtime = load_options(spec)
-        log.info("hyvideo: loading %s", spec.model if spec.model == TINY else load.paths.model_base)
+        log.info("hyvideo: loading %s", load.model if spec.is_tiny else load.paths.model_base)
         pipe = load_pipeline(load, runtime)
         _pipelines[key] = pipe
         return pipe

@@ -1,13 +1,20 @@
-"""What the nodes compute: text conditioning, denoising to a ComfyUI LATENT, decoding to IMAGE.
+"""What the nodes compute: the I2V image, text conditioning, denoising to a ComfyUI LATENT,
+decoding to IMAGE.
 
 ComfyUI conventions kept here:
 
 * ``LATENT`` is ``{"samples": [B, 16, T', H', W']}`` in the VAE's own space (what ComfyUI's
   VAEDecode decodes and its HunyuanVideo latent format expects): our pipeline's latents divided
-  by the VAE's scaling factor.
-* ``IMAGE`` is ``[frames, H, W, 3]`` float32 in [0, 1] (the videos of a batch one after another).
+  by the VAE's scaling factor. For image-to-video (token_replace) frame 0 is the image's latent.
+* ``IMAGE`` is ``[frames, H, W, 3]`` float32 in [0, 1] (the videos of a batch one after another);
+  an I2V input image is the first frame of an ``IMAGE``.
 * Progress goes through ``comfy.utils.ProgressBar`` once per denoising step; a pressed Cancel is
   checked before every step, so a run stops at the next step, and its memory is released.
+
+Image-to-video runs the I2V story of :mod:`hyvideo.pipeline.i2v` step by step (so ComfyUI's
+progress and interrupt reach every step): the text node encodes the prompt *with* the image (the
+LLaVA encoder sees the picture), so the image travels with the text conditioning to the sampler,
+which encodes the image latent and holds it in frame 0.
 """
 
 from __future__ import annotations
@@ -19,14 +26,68 @@ import torch
 from .engine import ModelSpec, NodeError, check_interrupted, pipeline_for, progress_bar, release_memory, use_loras
 
 LATENT_CHANNELS = 16
+IMAGE_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA (alpha dropped, as for an image file)
+
+
+@dataclass(frozen=True)
+class I2VInput:
+    """What a ``HYVIDEO_I2V_IMAGE`` socket carries: the image ready for the I2V pipeline.
+
+    ``image`` is a :class:`hyvideo.pipeline.image_input.I2VImage` (the picture the LLaVA sees,
+    its bucket = the video size, the VAE input); ``stability`` mixes the image latent into the
+    starting noise (``--i2v-stability``).
+    """
+
+    image: object
+    resolution: str
+    stability: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the video this image makes."""
+        return self.image.width, self.image.height
+
+
+def image_to_pil(images: torch.Tensor):
+    """ComfyUI IMAGE [B, H, W, C] in [0, 1] -> its first frame as an 8-bit PIL image (the bytes
+    LoadImage read, recovered exactly by rounding: LoadImage stores them as value / 255)."""
+    import numpy as np
+    from PIL import Image
+
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] < 1 \
+            or images.shape[-1] not in IMAGE_CHANNELS:
+        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise NodeError(f"image: a ComfyUI IMAGE [B, H, W, 1|3|4] is needed, got {shape}")
+    first = images[0].detach().float().cpu()
+    if not torch.isfinite(first).all():
+        raise NodeError("image: the first frame holds NaN or infinite values")
+    pixels = first.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()  # [H, W, C]
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[pixels.shape[-1]]
+    return Image.fromarray(np.ascontiguousarray(pixels[..., 0] if mode == "L" else pixels), mode)
+
+
+def image_input(images: torch.Tensor, resolution: str, stability: bool) -> I2VInput:
+    """The I2V input of an IMAGE's first frame: checked, converted and bucketed at ``resolution``
+    exactly as an image file given to ``--i2v-image-path`` (hyvideo.pipeline.image_input)."""
+    from hyvideo.pipeline.image_input import prepare_i2v_image
+    from hyvideo.pipeline.types import UsageError
+
+    picture = image_to_pil(images)
+    try:
+        prepared = prepare_i2v_image(picture, resolution)
+    except UsageError as exc:  # "image upload: <problem> (valid: ...)": name the socket instead
+        problem = str(exc).removeprefix("image upload: ")
+        raise NodeError(f"image (the first frame of the IMAGE input): {problem}") from None
+    return I2VInput(prepared, resolution, bool(stability))
 
 
 @dataclass(frozen=True)
 class TextInput:
     """What a ``HYVIDEO_TEXT`` socket carries: the prompts and their conditioning (on the CPU).
 
-    ``cond`` is encoded with the video template; a 1-frame request is encoded again with the
-    image template by the sampler (the template depends on the frame count).
+    Text to video: ``cond`` is encoded with the video template; a 1-frame request is encoded
+    again with the image template by the sampler (the template depends on the frame count).
+    Image to video: ``cond`` is the prompt encoded with ``image`` (which the sampler animates).
     """
 
     model: ModelSpec
@@ -34,18 +95,52 @@ class TextInput:
     negative_prompt: str | None
     cond: object  # hyvideo.text.conditioning.TextConditioning
     negative: object | None
+    image: I2VInput | None = None
 
 
-def encode_text(spec: ModelSpec, prompt: str, negative_prompt: str | None) -> TextInput:
+def _check_story(spec: ModelSpec, image: I2VInput | None) -> None:
+    """An image-to-video model needs the image; a text-to-video one takes none."""
+    if spec.is_i2v and image is None:
+        raise NodeError(f"image: model {spec.hyvideo_model} is image-to-video and encodes the prompt "
+                        "with the picture: connect a HunyuanVideo I2V Image node to this node's image input")
+    if not spec.is_i2v and image is not None:
+        raise NodeError(f"image: model {spec.hyvideo_model} is text-to-video; load an image-to-video "
+                        "variant (HYVideo-I2V, HYVideo-I2V-latent_concat, tiny-random-i2v) or "
+                        "disconnect the image")
+
+
+def _encode_i2v(pipe, prompt: str, negative_prompt: str | None, image: I2VInput, *, with_negative: bool):
+    """(positive, negative or None) through the I2V pipeline's own ``encode_prompt`` (the LLaVA
+    sees the image; the negative a black image of its size). The request is only a carrier:
+    cfg 2 asks for the negative branch, the frame count is the model's default (> 1: the video
+    template, like every I2V request)."""
+    from hyvideo.pipeline.types import UsageError
+
+    try:
+        request = pipe.request(prompt, image.image, negative_prompt=negative_prompt,
+                               cfg_scale=2.0 if with_negative else 1.0)
+    except UsageError as exc:
+        raise NodeError(str(exc)) from None
+    return pipe.encode_prompt(request)
+
+
+def encode_text(spec: ModelSpec, prompt: str, negative_prompt: str | None,
+                image: I2VInput | None = None) -> TextInput:
     from hyvideo.pipeline.types import check_text
 
     check_text("prompt", prompt, required=True)
     negative_prompt = check_text("negative_prompt", negative_prompt or None, required=False)
+    _check_story(spec, image)
     pipe = pipeline_for(spec)
     with torch.inference_mode():
-        cond = pipe.encode_text([prompt], num_frames=2).to("cpu")
-        negative = pipe.encode_text([negative_prompt], num_frames=2).to("cpu") if negative_prompt else None
-    return TextInput(spec.load_key, prompt, negative_prompt, cond, negative)
+        if image is not None:
+            cond, negative = _encode_i2v(pipe, prompt, negative_prompt, image,
+                                         with_negative=negative_prompt is not None)
+        else:
+            cond = pipe.encode_text([prompt], num_frames=2)
+            negative = pipe.encode_text([negative_prompt], num_frames=2) if negative_prompt else None
+    return TextInput(spec.load_key, prompt, negative_prompt, cond.to("cpu"),
+                     negative.to("cpu") if negative is not None else None, image)
 
 
 def _conditioning(pipe, text: TextInput, request):
@@ -75,10 +170,68 @@ class SamplerSettings:
     cache_threshold: float
 
 
-def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
-    """Denoise from the seed's noise; ComfyUI's LATENT of the result."""
+def _request(pipe, text: TextInput, s: SamplerSettings):
+    """The checked request of these settings (an I2V request's size is its image's bucket)."""
+    from hyvideo.pipeline.types import UsageError
+
+    fields = dict(negative_prompt=text.negative_prompt, video_length=s.frames, infer_steps=s.steps,
+                  seed=s.seed, flow_shift=s.flow_shift, embedded_cfg_scale=s.embedded_guidance,
+                  cfg_scale=s.cfg)
+    try:
+        if text.image is not None:
+            return pipe.request(text.prompt, text.image.image, i2v_stability=text.image.stability, **fields)
+        return pipe.request(text.prompt, height=s.height, width=s.width, **fields)
+    except (UsageError, ValueError) as exc:
+        raise NodeError(str(exc)) from None
+
+
+def _denoise_t2v(pipe, text: TextInput, request, on_step) -> torch.Tensor:
     from hyvideo.pipeline.denoise import denoise
     from hyvideo.pipeline.scheduler import FlowMatchSchedule
+
+    cond, negative = _conditioning(pipe, text, request)
+    check_interrupted()
+    noise = pipe.noise(request, [request.seed], cond.states.dtype)
+    schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
+    with pipe.execution.stage("dit"):
+        return denoise(pipe.dit, noise, schedule, cond, negative=negative, cfg_scale=request.cfg_scale,
+                       embedded_cfg_scale=request.embedded_cfg_scale, callback=on_step,
+                       step_cache=pipe.step_cache, predict=pipe.execution.predict)
+
+
+def _i2v_conditioning(pipe, text: TextInput, request):
+    """(positive, negative) on the pipeline's device; without a negative prompt from the text
+    node, real CFG encodes the official one (with a black image) here, through the pipeline."""
+    cond = text.cond.to(pipe.device)
+    if request.cfg_scale <= 1.0:
+        return cond, None
+    if text.negative is not None:
+        return cond, text.negative.to(pipe.device)
+    return cond, pipe.encode_prompt(request)[1]  # (re-encodes the positive too: CFG is opt-in)
+
+
+def _denoise_i2v(pipe, text: TextInput, request, on_step) -> torch.Tensor:
+    """The steps of HunyuanVideoI2VPipeline.__call__ (same seed, same latents), reporting to
+    ComfyUI at every step."""
+    from hyvideo.pipeline.i2v_denoise import denoise_i2v, i2v_start
+    from hyvideo.pipeline.scheduler import FlowMatchSchedule
+
+    cond, negative = _i2v_conditioning(pipe, text, request)
+    check_interrupted()
+    img_latents = pipe.image_latents(request)  # [1, C, 1, h, w]: the VAE's mode x scaling factor
+    check_interrupted()
+    noise = pipe.noise(request, [request.seed], cond.states.dtype)
+    schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
+    with pipe.execution.stage("dit"):
+        return denoise_i2v(pipe.dit, i2v_start(noise, img_latents, stability=request.i2v_stability),
+                           schedule, cond, img_latents, negative=negative, cfg_scale=request.cfg_scale,
+                           embedded_cfg_scale=request.embedded_cfg_scale, callback=on_step,
+                           step_cache=pipe.step_cache, predict=pipe.execution.predict)
+
+
+def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
+    """Denoise from the seed's noise (image to video: holding the image in frame 0); ComfyUI's
+    LATENT of the result."""
     from hyvideo.pipeline.types import UsageError
     from hyvideo.runtime.build import make_cache
     from hyvideo.runtime.cache import CacheConfig
@@ -86,12 +239,10 @@ def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
     if text.model != spec.load_key:
         raise NodeError("the text was encoded by another model than the sampler's: connect both "
                         "to the same loader")
+    _check_story(spec, text.image)
     pipe = pipeline_for(spec)
+    request = _request(pipe, text, s)
     try:
-        request = pipe.request(text.prompt, negative_prompt=text.negative_prompt, height=s.height,
-                               width=s.width, video_length=s.frames, infer_steps=s.steps, seed=s.seed,
-                               flow_shift=s.flow_shift, embedded_cfg_scale=s.embedded_guidance,
-                               cfg_scale=s.cfg)
         cache = CacheConfig(s.step_cache, s.cache_threshold or None)
     except (UsageError, ValueError) as exc:
         raise NodeError(str(exc)) from None
@@ -104,16 +255,10 @@ def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
             bar.update_absolute(info.step + 1, info.steps)
         check_interrupted()  # Cancel pressed during this step: stop before the next one
 
+    run = _denoise_i2v if text.image is not None else _denoise_t2v
     try:
         with torch.inference_mode():
-            cond, negative = _conditioning(pipe, text, request)
-            check_interrupted()
-            noise = pipe.noise(request, [request.seed], cond.states.dtype)
-            schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
-            with pipe.execution.stage("dit"):
-                latents = denoise(pipe.dit, noise, schedule, cond, negative=negative,
-                                  cfg_scale=request.cfg_scale, embedded_cfg_scale=request.embedded_cfg_scale,
-                                  callback=on_step, step_cache=pipe.step_cache, predict=pipe.execution.predict)
+            latents = run(pipe, text, request, on_step)
     except BaseException:
         release_memory()  # an interrupted or failed run leaves nothing on the device
         raise
@@ -121,7 +266,8 @@ def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
 
 
 def decode(spec: ModelSpec, latent: dict, tiling: bool) -> torch.Tensor:
-    """LATENT -> IMAGE frames [N * T, H, W, 3] in [0, 1]."""
+    """LATENT -> IMAGE frames [N * T, H, W, 3] in [0, 1] (the latent_concat I2V model's first
+    4 decoded frames dropped, as its pipeline does)."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor) or samples.ndim != 5 or samples.shape[1] != LATENT_CHANNELS:
         shape = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
@@ -140,5 +286,9 @@ def decode(spec: ModelSpec, latent: dict, tiling: bool) -> torch.Tensor:
     except BaseException:
         release_memory()
         raise
+    if getattr(pipe, "condition_type", None) == "latent_concat":
+        from hyvideo.pipeline.i2v import LATENT_CONCAT_DROPPED_FRAMES
+
+        videos = videos[:, :, LATENT_CONCAT_DROPPED_FRAMES:]  # as the first I2V release's code does
     n, c, t, h, w = videos.shape  # [N, 3, T, H, W]
     return videos.permute(0, 2, 3, 4, 1).reshape(n * t, h, w, c).contiguous()

@@ -8,19 +8,23 @@ folder that exists) is checked when the node runs and reported as ComfyUI's ``ex
 
 from __future__ import annotations
 
-from .engine import TINY, ModelSpec, lora_files, lora_path, pipeline_for
-from .generate import SamplerSettings, decode, encode_text, sample
+from .engine import TINY, TINY_I2V, ModelSpec, lora_files, lora_path, pipeline_for
+from .generate import SamplerSettings, decode, encode_text, image_input, sample
 
 CATEGORY = "HunyuanVideo (hyvideo)"
-MODEL, TEXT = "HYVIDEO_MODEL", "HYVIDEO_TEXT"
+MODEL, TEXT, I2V_IMAGE = "HYVIDEO_MODEL", "HYVIDEO_TEXT", "HYVIDEO_I2V_IMAGE"
 MAX_SEED = 2**63 - 1  # torch generators take signed 64-bit seeds
 CUSTOM = "custom"
+DEFAULT_VARIANT = "HYVideo-T/2-cfgdistill"
 
 
-def _released_variants() -> list[str]:
-    from hyvideo.pipeline.variants import variant_names
+def _variant_choices() -> list[str]:
+    """Text-to-video variants, then image-to-video ones, then the I2V random-weight preset
+    (``tiny-random`` itself is a model, whose variant picks the preset)."""
+    from hyvideo.pipeline.variants import load_variant, variant_names
 
-    return [name for name in variant_names() if name != TINY]
+    names = [name for name in variant_names() if name != TINY]
+    return sorted(names, key=lambda name: (name == TINY_I2V, load_variant(name).is_i2v, name))
 
 
 class HyVideoModelLoader:
@@ -33,10 +37,13 @@ class HyVideoModelLoader:
 
         return {"required": {
             "model": ("STRING", {"default": TINY, "tooltip":
-                      f"{TINY} (random weights, offline test), or a checkpoint folder (official ckpts/ "
-                      "layout or diffusers layout): a name under ComfyUI/models/hyvideo/ or an absolute path"}),
-            "variant": (_released_variants(), {"tooltip": "which released DiT the folder holds"}),
-            "resolution": (["720p", "540p"], {"tooltip": "official layout: hunyuan-video-t2v-<resolution>/"}),
+                      f"{TINY} (random weights, offline test; variant {TINY_I2V} or HYVideo-I2V: the "
+                      "image-to-video one), or a checkpoint folder (official ckpts/ layout or diffusers "
+                      "layout): a name under ComfyUI/models/hyvideo/ or an absolute path"}),
+            "variant": (_variant_choices(), {"default": DEFAULT_VARIANT, "tooltip":
+                        "which released DiT the folder holds; HYVideo-I2V* animate an image "
+                        "(connect a HunyuanVideo I2V Image node to the text node)"}),
+            "resolution": (["720p", "540p"], {"tooltip": "official layout: hunyuan-video-{t2v|i2v}-<resolution>/"}),
             "precision": (["bf16", "fp16", "fp32"], {"default": "bf16"}),
             "fp8": ("BOOLEAN", {"default": False, "tooltip": "load the official FP8 DiT (*_fp8.pt + map)"}),
             "fp8_matmul": ("BOOLEAN", {"default": False, "tooltip": "float8 products (needs fp8; Hopper/Ada GPUs)"}),
@@ -83,8 +90,40 @@ class HyVideoLoraLoader:
         return (model.with_lora(lora, strength),)
 
 
+class HyVideoI2VImage:
+    """An image to animate: the first frame of an IMAGE, bucketed for image-to-video."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from hyvideo.pipeline.image_input import I2V_RESOLUTIONS
+
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "its first frame is animated (e.g. from ComfyUI's Load Image)"}),
+            "i2v_resolution": (list(I2V_RESOLUTIONS), {"default": "720p", "tooltip":
+                               "the bucket set: the video size is the bucket closest to the image's "
+                               "aspect ratio (the image is resized and centre-cropped to it); 144p: "
+                               "previews and tiny-random-i2v"}),
+            "i2v_stability": ("BOOLEAN", {"default": False, "tooltip":
+                              "mix the image latent into the starting noise (steadier video; the "
+                              "official README pairs it with flow_shift 7, else 17)"}),
+        }}
+
+    RETURN_TYPES = (I2V_IMAGE, "INT", "INT")
+    RETURN_NAMES = ("i2v_image", "width", "height")
+    FUNCTION = "prepare"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("The image for HunyuanVideo-I2V: connect it to the text node (the LLaVA encoder "
+                   "reads it with the prompt); width and height are the video size it picks.")
+
+    def prepare(self, image, i2v_resolution, i2v_stability):
+        prepared = image_input(image, i2v_resolution, i2v_stability)
+        width, height = prepared.size
+        return (prepared, width, height)
+
+
 class HyVideoTextEncode:
-    """Encodes the prompt (and a negative prompt for CFG), optionally rewritten first."""
+    """Encodes the prompt (and a negative prompt for CFG), optionally rewritten first; for an
+    image-to-video model, with the image (the LLaVA encoder sees both)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -99,6 +138,8 @@ class HyVideoTextEncode:
                 "rewrite": (["off", *REWRITE_MODES], {"default": "off"}),
             },
             "optional": {
+                "image": (I2V_IMAGE, {"tooltip": "image-to-video models: the image, which the LLaVA "
+                          "encoder reads with the prompt (from a HunyuanVideo I2V Image node)"}),
                 "rewrite_endpoint": ("STRING", {"default": "", "tooltip":
                                      "OpenAI-compatible chat endpoint serving the rewrite model"}),
                 "rewrite_model_path": ("STRING", {"default": "", "tooltip": "or a local transformers model folder"}),
@@ -110,10 +151,11 @@ class HyVideoTextEncode:
     FUNCTION = "encode"
     CATEGORY = CATEGORY
 
-    def encode(self, model, prompt, negative_prompt, rewrite, rewrite_endpoint="", rewrite_model_path=""):
+    def encode(self, model, prompt, negative_prompt, rewrite, image=None, rewrite_endpoint="",
+               rewrite_model_path=""):
         if rewrite != "off":
             prompt = _rewrite(prompt, rewrite, rewrite_endpoint, rewrite_model_path)
-        return (encode_text(model, prompt, negative_prompt), prompt)
+        return (encode_text(model, prompt, negative_prompt, image), prompt)
 
 
 def _rewrite(prompt: str, mode: str, endpoint: str, model_path: str) -> str:
@@ -132,7 +174,8 @@ def _rewrite(prompt: str, mode: str, endpoint: str, model_path: str) -> str:
 
 
 class HyVideoSampler:
-    """Text to video latents: the flow-matching sampler of the released model."""
+    """Video latents: the flow-matching sampler of the released model (text to video, or image
+    to video when the loader loaded an I2V model and the text carries the image)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -142,13 +185,16 @@ class HyVideoSampler:
         return {"required": {
             "model": (MODEL,),
             "text": (TEXT,),
-            "size": ([CUSTOM, *RESOLUTIONS], {"default": CUSTOM, "tooltip": "a preset overrides width and height"}),
+            "size": ([CUSTOM, *RESOLUTIONS], {"default": CUSTOM, "tooltip": "a preset overrides width and "
+                     "height (image to video: the image's bucket is the size, these are ignored)"}),
             "width": ("INT", {"default": 1280, "min": 16, "max": 4096, "step": 16}),
             "height": ("INT", {"default": 720, "min": 16, "max": 4096, "step": 16}),
-            "frames": ("INT", {"default": 129, "min": 1, "max": 1025, "step": 4, "tooltip": "4n+1"}),
+            "frames": ("INT", {"default": 129, "min": 1, "max": 1025, "step": 4,
+                               "tooltip": "4n+1 (image to video: more than 1)"}),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED}),
-            "flow_shift": ("FLOAT", {"default": 7.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
+            "flow_shift": ("FLOAT", {"default": 7.0, "min": 0.01, "max": 1000.0, "step": 0.01,
+                                     "tooltip": "7 (text to video); image to video: 17, or 7 with i2v_stability"}),
             "embedded_guidance": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1}),
             "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 100.0, "step": 0.1,
                               "tooltip": "real classifier-free guidance when > 1 (twice the work)"}),
@@ -194,6 +240,7 @@ class HyVideoDecode:
 NODE_CLASS_MAPPINGS = {
     "HyVideoModelLoader": HyVideoModelLoader,
     "HyVideoLoraLoader": HyVideoLoraLoader,
+    "HyVideoI2VImage": HyVideoI2VImage,
     "HyVideoTextEncode": HyVideoTextEncode,
     "HyVideoSampler": HyVideoSampler,
     "HyVideoDecode": HyVideoDecode,
@@ -201,6 +248,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "HyVideoModelLoader": "HunyuanVideo Loader (hyvideo)",
     "HyVideoLoraLoader": "HunyuanVideo LoRA (hyvideo)",
+    "HyVideoI2VImage": "HunyuanVideo I2V Image (hyvideo)",
     "HyVideoTextEncode": "HunyuanVideo Text Encode (hyvideo)",
     "HyVideoSampler": "HunyuanVideo Sampler (hyvideo)",
     "HyVideoDecode": "HunyuanVideo Decode (hyvideo)",

@@ -1,7 +1,8 @@
 """The node pack in comfyui/, tested in a real ComfyUI (v0.3.75, built by tests/comfyui_harness.py).
 
 One server is started for the module, on a free loopback port, with ``comfyui/`` linked into its
-custom_nodes and two small LoRA files in its models/loras. If ComfyUI cannot be built here (no
+custom_nodes, two small LoRA files in its models/loras and ComfyUI's own ``example.png`` (which
+the image-to-video workflows load) plus a 1x1 PNG in its input/. If ComfyUI cannot be built here (no
 network for the first build, say) the tests skip with one line; ``HYVIDEO_REQUIRE_COMFYUI=1``
 (set by CI) makes that a failure.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -20,6 +23,8 @@ from tests.conftest import ROOT
 PACK = ROOT / "comfyui"
 WORKFLOWS = PACK / "workflows"
 SAMPLER, DECODE = "3", "4"  # node ids in the example workflows
+LOAD_IMAGE, I2V_IMAGE = "7", "8"  # ... and in the image-to-video ones
+EXAMPLE_IMAGE = "example.png"  # ships in ComfyUI/input; the I2V workflows load it
 
 
 def workflow(name: str) -> dict:
@@ -49,6 +54,11 @@ def server(tmp_path_factory):
     (base / "models" / "loras").mkdir(parents=True)
     for seed in (1, 2):
         save_file(tiny_lora(seed), str(base / "models" / "loras" / f"tiny_{seed}.safetensors"))
+    (base / "input").mkdir()
+    shutil.copy(env.folder / "input" / EXAMPLE_IMAGE, base / "input" / EXAMPLE_IMAGE)
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(base / "input" / "one_pixel.png")
     srv = harness.ComfyServer(env, base, {"hyvideo_nodes": PACK})
     try:
         srv.start()
@@ -164,7 +174,8 @@ def test_a_cached_rerun_executes_nothing_and_a_new_seed_only_the_sampler_onwards
     run = server.run(reseeded, timeout=600)
     assert run.outcome == "execution_success"
     assert sorted(run.executed_nodes()) == [SAMPLER, DECODE, "5", "6"]  # loader and text reused
-    assert server.log_path.read_text().count("hyvideo: loading tiny-random") == 1  # loaded once
+    loads = re.findall(r"hyvideo: loading tiny-random$", server.log_path.read_text(), re.MULTILINE)
+    assert len(loads) == 1  # loaded once
 
 
 def test_interrupt_stops_at_the_next_step(server):
@@ -203,7 +214,7 @@ def test_out_of_range_inputs_are_refused_with_http_400(server):
         assert error["type"] == kind and error["extra_info"]["input_name"] == name
 
 
-@pytest.mark.parametrize("name", ["t2v_official.json", "t2v_fp8_blockswap_24gb.json"])
+@pytest.mark.parametrize("name", ["t2v_official.json", "t2v_fp8_blockswap_24gb.json", "i2v_official.json"])
 def test_missing_checkpoint_is_an_execution_error(server, name):
     """The official workflows pass validation; without the checkpoints the loader says where it looked."""
     run = server.run(workflow(name), timeout=120)
@@ -242,10 +253,10 @@ def _latent_workflow(loras: list[tuple[str, float]], prefix: str) -> dict:
     return prompt
 
 
-def _saved_latent(server, run) -> torch.Tensor:
+def _saved_latent(server, run, node: str = "7") -> torch.Tensor:
     from safetensors.torch import load_file
 
-    (saved,) = server.history(run.prompt_id)["outputs"]["7"]["latents"]
+    (saved,) = server.history(run.prompt_id)["outputs"][node]["latents"]
     return load_file(str(server.output_dir / saved["subfolder"] / saved["filename"]))["latent_tensor"]
 
 
@@ -322,3 +333,82 @@ def test_prompt_rewrite_through_an_endpoint(server):
     (request,) = asked
     assert "Mode: master" in request["messages"][0]["content"]
     assert request["messages"][0]["content"].endswith("Prompt: a fox in snow")
+
+
+# --- image to video --------------------------------------------------------------------------------
+
+def test_object_info_lists_the_image_to_video_node_and_inputs(server):
+    info = server.object_info()
+    node = info["HyVideoI2VImage"]
+    required = node["input"]["required"]
+    assert required["image"][0] == "IMAGE"
+    assert required["i2v_resolution"][0] == ["144p", "360p", "540p", "720p"]
+    assert required["i2v_resolution"][1]["default"] == "720p"
+    assert required["i2v_stability"][0] == "BOOLEAN" and required["i2v_stability"][1]["default"] is False
+    assert node["output"] == ["HYVIDEO_I2V_IMAGE", "INT", "INT"]
+    assert node["output_name"] == ["i2v_image", "width", "height"]
+    text = info["HyVideoTextEncode"]["input"]
+    assert text["optional"]["image"][0] == "HYVIDEO_I2V_IMAGE" and "image" not in text["required"]
+    variants = info["HyVideoModelLoader"]["input"]["required"]["variant"]
+    assert {"HYVideo-I2V", "HYVideo-I2V-latent_concat", "tiny-random-i2v"} <= set(variants[0])
+    assert variants[1]["default"] == "HYVideo-T/2-cfgdistill"
+    assert info["LoadImage"]["input"]["required"]["image"][0] == [EXAMPLE_IMAGE, "one_pixel.png"]
+
+
+def test_i2v_tiny_workflow_writes_a_video_and_matches_the_library(server):
+    """LoadImage -> our I2V nodes -> CreateVideo/SaveVideo: the video has the image's bucket size,
+    and the LATENT ComfyUI saves is the I2V pipeline's latents (the image given as a file)."""
+    import imageio.v2 as imageio
+
+    from hyvideo.pipeline.image_input import bucket_for, load_i2v_image
+
+    prompt = workflow("i2v_tiny.json")
+    prompt["9"] = {"class_type": "SaveLatent", "inputs": {"samples": [SAMPLER, 0], "filename_prefix": "latents/i2v"}}
+    run = server.run(prompt, timeout=600)
+    assert run.outcome == "execution_success", (run.error, server.log_tail())
+    s = prompt[SAMPLER]["inputs"]
+    assert progress_of(run, SAMPLER) == [(k, s["steps"]) for k in range(1, s["steps"] + 1)]
+    resolution = prompt[I2V_IMAGE]["inputs"]["i2v_resolution"]
+    height, width = bucket_for(768, 768, resolution)  # example.png is 768 x 768
+    (video,) = server.history(run.prompt_id)["outputs"]["6"]["images"]
+    with imageio.get_reader(server.output_dir / video["subfolder"] / video["filename"], "ffmpeg") as reader:
+        assert reader.count_frames() == s["frames"] and reader.get_meta_data()["size"] == (width, height)
+
+    from comfyui.engine import pipeline_for
+    from comfyui.nodes import HyVideoModelLoader
+
+    (spec,) = HyVideoModelLoader().load(**prompt["1"]["inputs"])
+    pipe = pipeline_for(spec)  # tiny-random-i2v, the same random weights, in this process
+    image = load_i2v_image(server.base / "input" / EXAMPLE_IMAGE, resolution)
+    request = pipe.request(prompt["2"]["inputs"]["prompt"], image, video_length=s["frames"],
+                           infer_steps=s["steps"], seed=s["seed"], flow_shift=s["flow_shift"])
+    expected = pipe(request, decode=False, show_progress=False).latents / pipe.vae.scaling_factor
+    saved = _saved_latent(server, run, "9")
+    assert saved.shape == expected.shape == (1, 16, (s["frames"] - 1) // 4 + 1, height // 8, width // 8)
+    assert torch.allclose(saved, expected, rtol=0, atol=1e-5)
+    # token_replace: frame 0 is the image's latent, untouched by the sampler
+    assert torch.allclose(saved[:, :, :1], pipe.image_latents(request).cpu() / pipe.vae.scaling_factor, atol=1e-5)
+
+
+def test_a_bad_image_is_an_execution_error(server):
+    prompt = workflow("i2v_tiny.json")
+    prompt[LOAD_IMAGE]["inputs"]["image"] = "one_pixel.png"
+    run = server.run(prompt, timeout=120)
+    assert run.outcome == "execution_error"
+    assert run.error["node_id"] == I2V_IMAGE and run.error["node_type"] == "HyVideoI2VImage"
+    message = run.error["exception_message"]
+    assert message.startswith("image (the first frame of the IMAGE input): 1x1 px is too small") and "16x16" in message
+
+
+def test_the_image_and_the_model_must_agree(server):
+    """An I2V model's text node without the image, and a T2V model's with one: a node error each."""
+    no_image = workflow("i2v_tiny.json")
+    del no_image["2"]["inputs"]["image"]
+    run = server.run(no_image, timeout=120)
+    assert run.outcome == "execution_error" and run.error["node_id"] == "2"
+    assert "model tiny-random-i2v is image-to-video" in run.error["exception_message"]
+    t2v_with_image = workflow("i2v_tiny.json")
+    t2v_with_image["1"]["inputs"]["variant"] = "HYVideo-T/2-cfgdistill"
+    run = server.run(t2v_with_image, timeout=120)
+    assert run.outcome == "execution_error" and run.error["node_id"] == "2"
+    assert "model tiny-random is text-to-video" in run.error["exception_message"]
