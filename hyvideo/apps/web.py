@@ -4,11 +4,14 @@
     python gradio_server.py                              # official checkpoints under ckpts/
     python gradio_server.py --model tiny-random          # offline demo, random weights
     python gradio_server.py --use-cpu-offload --max-frames 65 --server-port 8081
+    python gradio_server.py --model tiny-random-i2v      # image to video, offline demo
+    python gradio_server.py --i2v-mode --use-cpu-offload # image to video, official checkpoints
 
 The loading flags are sample_video.py's. The server listens on 127.0.0.1 unless --server-name
 says otherwise; one video is generated at a time and other requests wait in a queue. Videos are
 written under --output-dir with generated names, their settings embedded in the mp4. Every flag
-and the port are checked before any model loads.
+and the port are checked before any model loads. An image-to-video model (``--model HYVideo-I2V``,
+or ``--i2v-mode`` with a text-to-video name, as the official scripts) serves the image page.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def build_parser(variants: list[str]) -> argparse.ArgumentParser:
     p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_model_args(p, variants)
     cli.add_runtime_args(p)
+    add_i2v_args(p)
     s = p.add_argument_group("server")
     s.add_argument("--server-name", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
@@ -59,7 +63,52 @@ def build_parser(variants: list[str]) -> argparse.ArgumentParser:
                    help="height x width of a frame (default 921600: 720p)")
     g.add_argument("--max-frames", type=positive_int, default=129, help="video length (default 129)")
     g.add_argument("--max-steps", type=positive_int, default=100, help="denoising steps (default 100)")
+    g.add_argument("--max-upload-mb", type=positive_int, default=50,
+                   help="largest file a visitor may upload (the image to animate), in MB (default 50)")
     return p
+
+
+def add_i2v_args(p: argparse.ArgumentParser) -> None:
+    """Image to video: the official flag names that apply to a server (the image is the page's)."""
+    from hyvideo.apps.i2v import CONDITION_TYPES
+
+    g = p.add_argument_group("image to video (an image-to-video --model needs none of these)")
+    g.add_argument("--i2v-mode", action="store_true",
+                   help="serve the image-to-video sibling of --model (HYVideo-T/2 -> HYVideo-I2V, "
+                   "tiny-random -> tiny-random-i2v), as the official sample_image2video.py names it")
+    g.add_argument("--i2v-condition-type", choices=CONDITION_TYPES,
+                   help="with --i2v-mode: token_replace (the current release, default) or latent_concat (the first)")
+    g.add_argument("--i2v-resolution", choices=["144p", "360p", "540p", "720p"],
+                   help="the page's default bucket set (default: the model's, 720p for the released one)")
+
+
+def select_i2v(args: argparse.Namespace) -> None:
+    """``--i2v-mode``: the image-to-video sibling of ``--model`` (in place). The image-to-video
+    flags need an image-to-video model: given with a text-to-video one they are refused, not ignored."""
+    from hyvideo.apps.i2v import I2V_SIBLINGS
+    from hyvideo.pipeline.variants import load_variant
+
+    kind = args.i2v_condition_type
+    if args.i2v_mode:
+        args.model = I2V_SIBLINGS.get((args.model, kind or "token_replace"), args.model)
+    variant = load_variant(args.model)
+    if not variant.is_i2v:
+        given = [flag for flag, value in (("--i2v-mode", args.i2v_mode), ("--i2v-condition-type", kind),
+                                          ("--i2v-resolution", args.i2v_resolution)) if value]
+        if given:
+            raise ValueError(f"{given[0]}: --model {args.model} is a text-to-video model; use one of "
+                             f"{', '.join(sorted(set(I2V_SIBLINGS.values())))} (or HYVideo-T/2 with --i2v-mode)")
+    elif kind is not None and kind != variant.i2v_condition_type:
+        raise ValueError(f"--i2v-condition-type {kind}: model {args.model} is {variant.i2v_condition_type}")
+
+
+def i2v_defaults(args: argparse.Namespace, variant):
+    """The page's image-to-video defaults (None for a text-to-video model)."""
+    if not variant.is_i2v:
+        return None
+    import dataclasses
+
+    return dataclasses.replace(variant.i2v, resolution=args.i2v_resolution or variant.i2v.resolution)
 
 
 def allowed_paths(output_dir: Path) -> list[str]:
@@ -92,6 +141,7 @@ def prepare(args: argparse.Namespace):
     before transformers: the runtime flags); join the torchrun group. -> (load, runtime, state)"""
     from hyvideo.pipeline.variants import load_variant
 
+    select_i2v(args)
     cli.check_flags_used(args)
     load = cli.load_options(args)
     variant = load_variant(args.model)
@@ -131,12 +181,14 @@ def serve(args: argparse.Namespace, load, runtime, state) -> int:
             return 0
         pipe = LeaderPipeline(pipe, state)
     limits = Limits(max_pixels=args.max_pixels, max_frames=args.max_frames, max_steps=args.max_steps)
-    demo = build_demo(pipe, output_dir=args.output_dir, limits=limits, queue_size=args.queue_size)
+    demo = build_demo(pipe, output_dir=args.output_dir, limits=limits, queue_size=args.queue_size,
+                      i2v=i2v_defaults(args, load.variant))
     if args.server_name not in LOOPBACK:
         log.warning("listening on %s: anyone who can reach this address can use the device", args.server_name)
     try:
         demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share,
-                    allowed_paths=allowed_paths(args.output_dir), show_error=False)
+                    allowed_paths=allowed_paths(args.output_dir), show_error=False,
+                    max_file_size=args.max_upload_mb * 1024 * 1024)
     finally:
         if hasattr(pipe, "close"):  # under torchrun: let the following ranks exit too
             pipe.close()
