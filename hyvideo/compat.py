@@ -28,6 +28,7 @@ __all__ = [
     "MIN_TORCH",
     "accelerator_type",
     "all_gather",
+    "autocast",
     "block_mask_from_kv_blocks",
     "current_device",
     "current_stream",
@@ -230,6 +231,19 @@ def empty_cache(device: DeviceLike = None) -> None:
     fn = getattr(_module(dev.type), "empty_cache", None)
     if fn is not None:
         fn()
+
+
+# ---- autocast --------------------------------------------------------------------------------
+
+def autocast(device: DeviceLike, dtype: torch.dtype, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device``'s type in ``dtype``, as the official sampler wraps the VAE;
+    a no-op when not enabled, for float32, or on a device type without autocast (meta)."""
+    dev = _device(device)
+    available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.5
+    supported = available(dev.type) if available is not None else dev.type in ("cpu", accelerator_type())
+    if not enabled or dtype == torch.float32 or not supported:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=dtype)
 
 
 # ---- streams (the block-swap engine's side-stream copies) -------------------------------------

@@ -178,3 +178,48 @@ def test_the_whole_bf16_forward_runs_and_fp32_is_untouched():
         fp32.set_autocast(True)  # autocast to the model's own precision: nothing for float32
         assert fp32.autocast is None
         assert torch.equal(fp32(x, t, states, mask, pooled, guidance), a)
+
+
+def test_disable_autocast_flag_reaches_the_dit_and_the_vae(monkeypatch):
+    """``--disable-autocast`` (official flag): LoadOptions.autocast False -> the DiT's placement
+    off and the VAE decoded without autocast; by default the VAE decodes under autocast in its
+    own precision (float16 in the release)."""
+    from hyvideo import compat
+    from hyvideo.apps import cli
+    from hyvideo.pipeline.options import LoadOptions
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
+
+    parser = cli.OneLineParser()
+    cli.add_model_args(parser, ["tiny-random"])
+    cli.add_runtime_args(parser)
+    assert cli.load_options(parser.parse_args(["--model", "tiny-random"])).autocast is True
+    assert cli.load_options(parser.parse_args(["--model", "tiny-random", "--disable-autocast"])).autocast is False
+    regions = []
+    real = compat.autocast
+
+    def record(device, dtype, enabled=True):
+        regions.append((dtype, enabled))
+        return real(device, dtype, enabled)
+
+    monkeypatch.setattr(compat, "autocast", record)
+    for autocast in (True, False):
+        pipe = load_pipeline(LoadOptions(model="tiny-random", autocast=autocast),
+                             RuntimeOptions(device=torch.device("cpu")))
+        pipe.vae.half()  # the release's VAE precision
+        pipe.decode(torch.zeros(1, 16, 2, 4, 4), show_progress=False)
+        assert regions[-1] == (torch.float16, autocast)
+        pipe.dit.to(BF16)
+        pipe.dit.set_autocast(autocast)
+        assert pipe.dit.autocast == (BF16 if autocast else None)
+
+
+def test_autocast_region_is_a_no_op_for_float32_and_meta():
+    from hyvideo import compat
+
+    assert not torch.is_autocast_enabled("cpu")
+    with compat.autocast("cpu", torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+    with compat.autocast("meta", BF16):  # no autocast there: nothing to enter
+        pass
+    with compat.autocast("cpu", BF16):
+        assert torch.is_autocast_enabled("cpu")

@@ -136,6 +136,10 @@ def add_model_args(p: argparse.ArgumentParser, variants: list[str]) -> None:
                                 ("--text-encoder-precision", "fp16", "LLM text encoder"),
                                 ("--text-encoder-precision-2", "fp16", "CLIP text encoder")):
         g.add_argument(flag, default=default, choices=["fp32", "fp16", "bf16"], help=f"{what} precision (default {default})")
+    g.add_argument("--disable-autocast", action="store_true",
+                   help="compute every layer in its weights' precision, without the official autocast "
+                   "placement (default: the DiT's LayerNorm/modulate in float32 and its linears in bf16, "
+                   "the VAE's norms in float32 and convolutions in fp16, as the official sampler)")
     g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=True,
                    help="decode in overlapping spatial/temporal tiles, as the official code (default on)")
     g.add_argument("--text-len", type=whole, default=256, help="LLM tokens kept after the template (default 256)")
@@ -325,7 +329,7 @@ def load_options(args: argparse.Namespace):
     if args.attention != "auto":  # auto always runs; checking it would import torch before the paths
         check_attention(args.attention)
     return LoadOptions(args.model, paths, precisions, text, lora_specs(args), args.lora_fuse,
-                       args.attention, args.vae_tiling)
+                       args.attention, args.vae_tiling, autocast=not args.disable_autocast)
 
 
 def check_attention(backend: str) -> None:

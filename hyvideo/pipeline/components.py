@@ -50,6 +50,7 @@ def load_components(opts: LoadOptions, device: torch.device, *, with_text: bool 
         from hyvideo.dit.lora import apply_loras
 
         apply_loras(parts.dit, opts.loras, fuse=opts.lora_fuse)
+    parts.dit.set_autocast(opts.autocast)  # the official placement unless --disable-autocast
     return parts
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from hyvideo import compat
 from hyvideo.pipeline.i2v_denoise import denoise_i2v, i2v_start
 from hyvideo.pipeline.scheduler import FlowMatchSchedule
 from hyvideo.pipeline.t2v import HunyuanVideoPipeline, ProgressCallback, StepProgress
@@ -65,7 +66,9 @@ class HunyuanVideoI2VPipeline(HunyuanVideoPipeline):
         with self.execution.stage("vae"):
             dtype = next(self.vae.parameters()).dtype
             pixels = request.image.pixels.to(self.device, dtype)
-            return self.vae.encode(pixels, tiling=False).mode().float() * self.vae.scaling_factor
+            with compat.autocast(self.device, dtype, self.autocast):  # as the official encoding
+                posterior = self.vae.encode(pixels, tiling=False)
+            return posterior.mode().float() * self.vae.scaling_factor
 
     @torch.inference_mode()
     def __call__(self, request: I2VRequest, *, callback: ProgressCallback | None = None,

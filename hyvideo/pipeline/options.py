@@ -67,6 +67,7 @@ class LoadOptions:
     lora_fuse: bool = True  # merge into the weights; False: switchable side branches
     attention: str = "auto"
     vae_tiling: bool = True
+    autocast: bool = True  # the official autocast placement (DiT, VAE); False: --disable-autocast
 
     def __post_init__(self) -> None:
         if is_tiny(self.model):  # random weights built in memory: no file is read

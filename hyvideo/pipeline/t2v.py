@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from hyvideo import compat
 from hyvideo.dit.fp8 import fp8_matmul_report
 from hyvideo.pipeline.denoise import StepCache, denoise
 from hyvideo.pipeline.execution import Execution
@@ -60,13 +61,15 @@ class HunyuanVideoPipeline:
 
     def __init__(self, dit, vae, text_encoders, *, device: torch.device, name: str,
                  defaults: SamplingDefaults, geometry: Geometry, vae_tiling: bool = True,
-                 execution: Execution | None = None, step_cache: StepCache | None = None):
+                 autocast: bool = True, execution: Execution | None = None,
+                 step_cache: StepCache | None = None):
         self.dit, self.vae, self.text_encoders = dit, vae, text_encoders
         self.device = torch.device(device)
         self.name = name
         self.defaults = defaults
         self.geometry = geometry
         self.vae_tiling = vae_tiling
+        self.autocast = autocast  # the VAE under autocast in its precision, as the official sampler
         self.execution = execution or Execution()
         self.step_cache = step_cache
         if (vae.time_compression_ratio, vae.spatial_compression_ratio) != (
@@ -154,7 +157,8 @@ class HunyuanVideoPipeline:
             for i in tqdm(range(latents.shape[0]), desc="decoding", disable=not show_progress, leave=False):
                 emit(Progress("decode", i, latents.shape[0]))
                 z = latents[i:i + 1].to(self.device, dtype) / self.vae.scaling_factor
-                pixels = self.execution.decode(self.vae, z, self.vae_tiling)
+                with compat.autocast(self.device, dtype, self.autocast):  # norms float32, convs fp16
+                    pixels = self.execution.decode(self.vae, z, self.vae_tiling)
                 if pixels is not None:
                     out.append(((pixels.float() / 2 + 0.5).clamp(0, 1)).cpu())
         emit(Progress("decode", latents.shape[0], latents.shape[0]))

@@ -101,7 +101,7 @@ def load_pipeline(load: LoadOptions, runtime: RuntimeOptions | None = None, *,
     return pipeline_class(
         parts.dit, parts.vae, parts.text_encoders, device=device, name=variant.name,
         defaults=variant.sampling, geometry=variant.geometry, vae_tiling=load.vae_tiling,
-        execution=make_execution(parts, device, runtime.offload, parallel),
+        autocast=load.autocast, execution=make_execution(parts, device, runtime.offload, parallel),
         step_cache=make_cache(runtime.cache, parallel),
     )
 
