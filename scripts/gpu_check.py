@@ -7,6 +7,9 @@ Parts (each prints its figures, and with ``--json`` appends one JSON object per 
 ``env``        torch/CUDA versions, the GPU and its capability, the attention kernels installed, the
                kernel ``--attention auto`` picks per dtype, the LSE kernel of sequence parallelism,
                the float8-matmul plan (probed product, scaling, fused bias).
+``precision``  a double and a single block (real width, random bf16 weights, 544p tokens) with our
+               explicit autocast placement against the same blocks under the device's real
+               ``torch.autocast``: the max |difference| (the placement is meant to be the same).
 ``attention``  every installed attention backend at the 720p token count (one prompt length, and
                mixed lengths): time and max |diff| against SDPA; sequence parallelism's LSE kernel
                in bf16 and fp32 (its LSE cut to the query length) against SDPA.
@@ -44,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from hyvideo import compat
 
-PARTS = ("env", "attention", "fp8", "offload", "compile", "step")
+PARTS = ("env", "precision", "attention", "fp8", "offload", "compile", "step")
 GiB = 1 << 30
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}  # dense bf16
 
@@ -128,6 +131,39 @@ def part_env(device: torch.device, tiny: bool) -> dict:
             "auto": auto, "lse_kernel": {dt: lse_kernel(device, getattr(torch, dt)) for dt in ("bfloat16", "float32")},
             "fp8_matmul_plan": {"activation_scale": plan.activation_scale, "fuse_bias": plan.fuse_bias,
                                 "problem": plan.problem, "notes": list(plan.notes)}}
+
+
+# ---- precision ----------------------------------------------------------------------------------
+
+def part_precision(device: torch.device, tiny: bool) -> dict:
+    """Our explicit placement (set_autocast(True)) against real autocast around the plain model."""
+    from hyvideo.dit.attention import AttentionGroups
+
+    s = sizes(tiny)
+    config = small_dit_config(tiny)
+    dit = random_dit(config, device, torch.bfloat16, fp8=False)
+    g = torch.Generator(device).manual_seed(2)
+    rope = dit.rope(s["latent_544p"], device=device)
+    n, text, c = rope[0].shape[0], s["text"], config.hidden_size
+    groups = AttentionGroups((n + text,), n + text, n)
+    vec = torch.randn(1, c, device=device, generator=g).to(torch.bfloat16)
+    img, txt = (torch.randn(1, m, c, device=device, generator=g).to(torch.bfloat16) for m in (n, text))
+    runs = {"double": lambda: dit.double_blocks[0](img, txt, vec, rope, groups, "sdpa")[0],
+            "single": lambda: dit.single_blocks[0](torch.cat([img, txt], 1), vec, n, rope, groups, "sdpa"),
+            "final": lambda: dit.final_layer(img, vec)}
+    out = {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            dit.set_autocast(True)
+            ours = run()
+            dit.set_autocast(False)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                theirs = run()
+            out[name] = {"dtypes": [str(ours.dtype), str(theirs.dtype)],
+                         "max_abs_diff": float((ours.float() - theirs.float()).abs().max()),
+                         "max_abs": float(theirs.float().abs().max())}
+    dit.set_autocast(True)
+    return {"tokens": n + text, "blocks": out}
 
 
 # ---- attention ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 #     bash scripts/gpu_check.sh [REPORT]          # default: gpu_check_report.md
 #
 # Sections (each with its own time limit; a failing or slow section is reported and the next
-# one runs): the environment and the kernels chosen; the GPU-only tests; the DiT, FP8, sampling
+# one runs): the environment and the kernels chosen; our bf16 autocast placement against real
+# torch.autocast on the GPU (a double, a single block and the final layer); the GPU-only tests; the DiT, FP8, sampling
 # and VAE conformance cases on the GPU in float32 (TF32 off) with every attention backend that
 # computes float32; attention backends at the 720p token count; FP8 matmul accuracy and speed at
 # the DiT's Linear sizes; each offload mode's measured peak (real width, 2+2 blocks, 720p tokens)
@@ -83,6 +84,7 @@ part() {  # part NAME LIMIT: one part of scripts/gpu_check.py
 }
 
 part env 30
+part precision 30
 section "GPU-only tests" 60 "$PY" -m pytest -q -rs -p no:cacheprovider \
     tests/test_attention.py tests/test_offload.py tests/test_gpu_defects.py tests/test_conformance_dit.py \
     -k "gpu or accelerator or cuda"
@@ -101,7 +103,7 @@ part fp8 30
 part offload 60
 part compile 70
 part step 80
-section "end to end: scripts/benchmark.py --full" 80 "$PY" scripts/benchmark.py --full --device cuda \
+section "end to end: scripts/benchmark.py --full" 70 "$PY" scripts/benchmark.py --full --device cuda \
     --sizes 544x960 --frames 33 --steps 2 --repeats 1 --warmup 0
 
 {

@@ -12,8 +12,9 @@ allocator's rounding and fragmentation, cuBLAS/cuDNN workspaces, kernels' intern
 
 Modelled, not run: attention is SDPA's flash kernel (bf16/fp16) or memory-efficient kernel
 (fp32), as CUDA picks them (O(S) memory; the CPU's SDPA would otherwise fall back to the math
-kernel's S x S scores); Python reads of tensor values (the text mask's lengths) answer "every text
-token is valid", the largest case.
+kernel's S x S scores); the VAE's autocast region (the meta device has none) is CUDA autocast
+emulated by :class:`CudaAutocast` (its norms' float32 outputs counted); Python reads of tensor
+values (the text mask's lengths) answer "every text token is valid", the largest case.
 
 Modes: ``none``, ``model``, ``blocks`` (K blocks on the device), each with and without
 ``--use-fp8`` (the official FP8 checkpoint, weight-only products), and sequence parallelism
@@ -139,11 +140,12 @@ def module_names(tracker: LiveBytes, roots: dict[str, torch.nn.Module]) -> Itera
 # ---- CUDA autocast, emulated anywhere --------------------------------------------------------------
 
 # CUDA autocast's op lists (torch.amp reference, "CUDA Op-Specific Behavior"), as the aten ops a
-# dispatch mode sees once composite ops are decomposed (linear -> addmm/mm, layer_norm ->
-# native_layer_norm, SDPA -> its kernels).
+# dispatch mode sees: composite (linear, conv3d, layer_norm: in inference mode they arrive whole)
+# and decomposed (addmm/mm, convolution, native_layer_norm, SDPA's kernels).
 AUTOCAST_LOWER = frozenset({
     "addmm", "mm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "addr", "matmul", "linear", "convolution",
-    "_convolution", "prelu", "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+    "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "prelu", "chain_matmul", "multi_dot", "scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
     "_scaled_dot_product_flash_attention_for_cpu"})
 AUTOCAST_FP32 = frozenset({
@@ -270,6 +272,7 @@ def _fast_to_copy(x, *, dtype=None, layout=None, device=None, pin_memory=None, n
 def fake_world() -> Iterator[FakeTensorMode]:
     """Fake tensors everywhere, module moves allowed, CUDA's attention, and noise drawn without a
     per-device generator (the meta device has none; the noise tensor is the same size)."""
+    from hyvideo import compat
     from hyvideo.pipeline import t2v
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -293,15 +296,22 @@ def fake_world() -> Iterator[FakeTensorMode]:
         except RuntimeError:
             return False
 
+    real_region = compat.autocast
+
+    def autocast_region(device, dtype, enabled=True):  # the meta device has no autocast: emulate CUDA's
+        if torch.device(device).type == DEVICE.type and enabled and dtype != torch.float32:
+            return CudaAutocast(dtype, record=False)
+        return real_region(device, dtype, enabled)
+
     torch.utils.swap_tensors, t2v.draw_noise = swap, draw_noise
-    torch.is_autocast_enabled = is_autocast_enabled
+    torch.is_autocast_enabled, compat.autocast = is_autocast_enabled, autocast_region
     real_apply, torch.nn.Module._apply = torch.nn.Module._apply, _fake_apply
     try:
         with mode, CudaAttention(), fake_set_data():
             yield mode
     finally:
         torch.utils.swap_tensors, t2v.draw_noise = real_swap, real_noise
-        torch.is_autocast_enabled = real_autocast
+        torch.is_autocast_enabled, compat.autocast = real_autocast, real_region
         torch.nn.Module._apply = real_apply
 
 

@@ -38,7 +38,7 @@ def parts(tmp_path_factory):
 
 
 def test_every_part_reports(parts):
-    assert set(parts) == {"env", "attention", "fp8", "offload", "compile", "step"}
+    assert set(parts) == {"env", "precision", "attention", "fp8", "offload", "compile", "step"}
     assert not [p for p in parts.values() if "error" in p]
 
 
@@ -59,4 +59,6 @@ def test_the_parts_measure_what_they_say(parts):
     # of the same forward agrees up to the kernels' small scratch tensors.
     assert abs(none["measured_bytes"] - none["predicted_bytes"]) < 0.05 * none["measured_bytes"]
     assert parts["compile"]["max_abs_diff"] == 0
+    for block in parts["precision"]["blocks"].values():  # CPU autocast's lists differ from CUDA's
+        assert block["dtypes"] == ["torch.bfloat16", "torch.bfloat16"] and block["max_abs_diff"] < 0.05 * block["max_abs"]
     assert set(parts["step"]["sizes"]) == {"544p", "720p"}
