@@ -421,7 +421,8 @@ def _serve(gen: Generator, build: Callable[[], GenerationRequest], history: list
         path, settings = gen.save(result)
     except GenerationCancelled:
         log.info("cancelled at %s: %r", job.stage, req.prompt)
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"Cancelled at {job.stage}.", history
+        # The cancel button's own answer says the same: whichever reaches the page last is right.
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"Cancelled at {job.stage}; the device is free.", history
     except Exception as exc:
         if is_out_of_memory(exc):  # expected with a large request: one line, no traceback
             log.warning("out of memory for %r: %s", req.settings(), str(exc).splitlines()[0][:200])
