@@ -480,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n" + format_report(result), flush=True)
+    load = result["load_average_end"] = bench.environment(device)["load_average"]
+    print(f"load average at the end {load:.2f} (figures taken under load are noisy: compare the "
+          "per-round ratios)" if load is not None else "", flush=True)
     if args.json:
         args.json.write_text(json.dumps({**env, "result": result}, indent=1, default=str))
         print(f"\nwrote {args.json}")
