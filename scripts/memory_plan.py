@@ -417,6 +417,8 @@ def build_models(preset: str) -> Models:
     text.llm.encode = Replay(text.llm.encode, current_tracker)
     text.clip.encode = Replay(text.clip.encode, current_tracker)
     vae.decode = Replay(vae.decode, current_tracker)
+    # Tiles of one shape decode alike: each shape's first tile runs, the others replay.
+    vae.decoder.forward = Replay(vae.decoder.forward, current_tracker)
     for dit in dits.values():  # blocks of a kind compute alike: one of each runs per case
         for block in transformer_blocks(dit):
             block.forward = Replay(block.forward, current_tracker, BLOCK_RUNS, type(block).__name__)
