@@ -27,23 +27,24 @@ into separate buffers -- so the tests exercise the same paths; pinning and strea
 
 Memory at 720x1280, 129 frames, COMPUTED by ``scripts/memory_plan.py`` (the real code path with
 fake tensors and a live-bytes tracker; not yet measured on a GPU -- ``scripts/gpu_check.sh``
-compares). Peak tensor bytes on the GPU, GiB, text encoders fp16, VAE fp16 tiled, one prompt:
+compares). Peak tensor bytes on the GPU, GiB, text encoders fp16, DiT bf16 and VAE fp16 with
+the official autocast placement, VAE tiled, one prompt:
 
 =============================  ======  =======  ======  ======
 mode                           text    denoise  decode  total
 =============================  ======  =======  ======  ======
-none, bf16 DiT                 38.67   49.59    46.59   49.59
-none, ``--use-fp8``            27.07   37.99    34.99   37.99
-model, bf16                    14.33   34.93    8.50    34.93
-model, ``--use-fp8``           14.33   23.33    8.50    23.33
-blocks K=2, bf16               14.33   12.98    8.50    14.33
-blocks K=2, ``--use-fp8``      14.33   12.35    8.50    14.33
+none, bf16 DiT                 38.67   49.59    52.87   52.87
+none, ``--use-fp8``            27.07   37.99    41.27   41.27
+model, bf16                    14.33   34.93    14.78   34.93
+model, ``--use-fp8``           14.33   23.33    14.78   23.33
+blocks K=2, bf16               14.33   12.98    14.78   14.78
+blocks K=2, ``--use-fp8``      14.33   12.35    14.78   14.78
 =============================  ======  =======  ======  ======
 
 Add ~0.5-1 GiB for the CUDA context, allocator rounding and library workspaces. The DiT's
 weights are 23.99 GiB in bf16 (11.6 GiB of FP8 blocks + bf16 rest under ``--use-fp8``); the
-Llama-3 8B text encoder's 14.0 GiB set the floor of ``model`` and ``blocks`` (its stage), so
-``none`` cannot fit 40 GB. The denoising peak is inside a single block (its ``linear1`` output,
+Llama-3 8B text encoder's 14.0 GiB and the VAE decode (float32 group-norm outputs under
+autocast) set the floor of ``model`` and ``blocks``, so ``none`` cannot fit 40 GB. The denoising peak is inside a single block (its ``linear1`` output,
 4.77 GiB, and its activation). Ulysses 8 lowers each rank's denoising peak (``model``, bf16:
 26.34 GiB). Host memory: ``blocks`` pins the blocks in one arena of power-of-two chunks (bf16:
 23.2 GiB of blocks in 24.0 GiB; pinned one block at a time they took 40.0 GiB), ``sequential``
