@@ -160,9 +160,10 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """Where and how the models run: device, attention, speed and memory options."""
     g = p.add_argument_group("speed and memory")
     g.add_argument("--device", help="device to run on (default: the available accelerator, else cpu)")
-    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "flash", "flex", "sage"],
+    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "flash", "flash3", "flex", "sage"],
                    help="attention kernel (default auto: the fastest exact one for the device and dtype; "
-                   "flash and sage must be installed; sage is approximate, 8-bit QK)")
+                   "cudnn: SDPA with cuDNN first; flash (flash-attn), flash3 (FlashAttention-3, Hopper) "
+                   "and sage must be installed and compute fp16/bf16 only; sage is approximate, 8-bit QK)")
     g.add_argument("--cache", default="none", choices=["none", "teacache", "first-block"],
                    help="step cache: skip the transformer blocks on steps whose input changed less than "
                    "--cache-threshold, reusing the last residual (faster, slightly different video)")
