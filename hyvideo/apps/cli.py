@@ -160,7 +160,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """Where and how the models run: device, attention, speed and memory options."""
     g = p.add_argument_group("speed and memory")
     g.add_argument("--device", help="device to run on (default: the available accelerator, else cpu)")
-    g.add_argument("--attention", default="auto", choices=["auto", "sdpa", "cudnn", "flash", "flash3", "flex", "sage"],
+    g.add_argument("--attention", default="auto",
+                   choices=["auto", "sdpa", "cudnn", "flash", "flash3", "flex", "sage"],
                    help="attention kernel (default auto: the fastest exact one for the device and dtype; "
                    "cudnn: SDPA with cuDNN first; flash (flash-attn), flash3 (FlashAttention-3, Hopper) "
                    "and sage must be installed and compute fp16/bf16 only; sage is approximate, 8-bit QK)")

@@ -44,8 +44,8 @@ blocks K=2, ``--use-fp8``      14.33   12.35    14.78   14.78
 Add ~0.5-1 GiB for the CUDA context, allocator rounding and library workspaces. The DiT's
 weights are 23.99 GiB in bf16 (11.6 GiB of FP8 blocks + bf16 rest under ``--use-fp8``); the
 Llama-3 8B text encoder's 14.0 GiB and the VAE decode (float32 group-norm outputs under
-autocast) set the floor of ``model`` and ``blocks``, so ``none`` cannot fit 40 GB. The denoising peak is inside a single block (its ``linear1`` output,
-4.77 GiB, and its activation). Ulysses 8 lowers each rank's denoising peak (``model``, bf16:
+autocast) set the floor of ``model`` and ``blocks``, so ``none`` cannot fit 40 GB. The denoising
+peak is inside a single block (its ``linear1`` output, 4.77 GiB, and its activation). Ulysses 8 lowers each rank's denoising peak (``model``, bf16:
 26.34 GiB). Host memory: ``blocks`` pins the blocks in one arena of power-of-two chunks (bf16:
 23.2 GiB of blocks in 24.0 GiB; pinned one block at a time they took 40.0 GiB), ``sequential``
 likewise every tensor (bf16 DiT + text encoders + VAE: 39.0 GiB instead of 48.8 GiB). Every step
