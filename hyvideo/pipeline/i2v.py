@@ -16,7 +16,7 @@ import torch
 from hyvideo import compat
 from hyvideo.pipeline.i2v_denoise import denoise_i2v, i2v_start
 from hyvideo.pipeline.scheduler import FlowMatchSchedule
-from hyvideo.pipeline.t2v import HunyuanVideoPipeline, ProgressCallback, StepProgress
+from hyvideo.pipeline.t2v import HunyuanVideoPipeline, ProgressCallback
 from hyvideo.pipeline.types import GenerationResult, I2VRequest, Progress, request_from_defaults
 from hyvideo.text.conditioning import TextConditioning
 
@@ -82,18 +82,13 @@ class HunyuanVideoI2VPipeline(HunyuanVideoPipeline):
         emit(Progress("text", 1, 1))
         seeds = [request.seed + i for i in range(request.num_videos)]
         schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
-        latents = []
-        for start in range(0, len(seeds), request.batch_size):
-            noise = self.noise(request, seeds[start:start + request.batch_size], cond.states.dtype)
-            progress = StepProgress(schedule.steps, emit, show_progress)
-            with self.execution.stage("dit"):
-                latents.append(denoise_i2v(
-                    self.dit, i2v_start(noise, img_latents, stability=request.i2v_stability), schedule,
-                    cond, img_latents, negative=negative, cfg_scale=request.cfg_scale,
-                    embedded_cfg_scale=request.embedded_cfg_scale, callback=progress,
-                    step_cache=self.step_cache, predict=self.execution.predict))
-            progress.bar.close()
-        latents = torch.cat(latents)
+        latents = torch.cat([
+            denoise_i2v(self.dit, i2v_start(noise, img_latents, stability=request.i2v_stability), schedule,
+                        cond, img_latents, negative=negative, cfg_scale=request.cfg_scale,
+                        embedded_cfg_scale=request.embedded_cfg_scale, callback=progress,
+                        step_cache=self.step_cache, predict=self.execution.predict)
+            for noise, progress in self.batches(request, seeds, schedule, cond.states.dtype, emit, show_progress)
+        ])
         videos = self.decode(latents, emit, show_progress) if decode else None
         if videos is not None and self.condition_type == "latent_concat":
             videos = videos[:, :, LATENT_CONCAT_DROPPED_FRAMES:]  # as the first release's code does

@@ -116,20 +116,27 @@ class HunyuanVideoPipeline:
         emit(Progress("text", 1, 1))
         seeds = [request.seed + i for i in range(request.num_videos)]
         schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
-        latents = []
-        for start in range(0, len(seeds), request.batch_size):
-            noise = self.noise(request, seeds[start:start + request.batch_size], cond.states.dtype)
-            progress = StepProgress(schedule.steps, emit, show_progress)
-            with self.execution.stage("dit"):
-                latents.append(denoise(self.dit, noise, schedule, cond, negative=negative,
-                                       cfg_scale=request.cfg_scale,
-                                       embedded_cfg_scale=request.embedded_cfg_scale,
-                                       callback=progress, step_cache=self.step_cache,
-                                       predict=self.execution.predict))
-            progress.bar.close()
-        latents = torch.cat(latents)
+        latents = torch.cat([
+            denoise(self.dit, noise, schedule, cond, negative=negative, cfg_scale=request.cfg_scale,
+                    embedded_cfg_scale=request.embedded_cfg_scale, callback=progress,
+                    step_cache=self.step_cache, predict=self.execution.predict)
+            for noise, progress in self.batches(request, seeds, schedule, cond.states.dtype, emit, show_progress)
+        ])
         videos = self.decode(latents, emit, show_progress) if decode else None
         return GenerationResult(videos, latents.cpu(), seeds, request, self.run_metadata())
+
+    def batches(self, request: GenerationRequest, seeds: list[int], schedule: FlowMatchSchedule,
+                dtype: torch.dtype, emit: ProgressCallback, show_progress: bool):
+        """(starting noise, step callback) for each DiT batch of ``request.batch_size`` videos; the
+        loop body runs inside the DiT's stage (where offloading puts the DiT on the device)."""
+        for start in range(0, len(seeds), request.batch_size):
+            noise = self.noise(request, seeds[start:start + request.batch_size], dtype)
+            progress = StepProgress(schedule.steps, emit, show_progress)
+            try:  # a cancel or an error in the loop closes this generator at the yield
+                with self.execution.stage("dit"):
+                    yield noise, progress
+            finally:
+                progress.bar.close()
 
     def noise(self, request: GenerationRequest, seeds: list[int], dtype: torch.dtype) -> torch.Tensor:
         """The starting latents [len(seeds), C, T', H', W'] for ``request``."""
