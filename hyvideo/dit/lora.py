@@ -203,12 +203,7 @@ def match_lora(model: nn.Module, state: dict[str, torch.Tensor], *, name: str = 
         if target is None or "down" not in tensors or "up" not in tensors:
             unmatched += [f"{module}.{role}" for role in tensors]
             continue
-        down, up = tensors["down"].float(), tensors["up"].float()
-        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
-            raise LoraError(f"{name}: {module} has down {tuple(down.shape)} / up {tuple(up.shape)}, "
-                            "not a linear LoRA pair")
-        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
-            raise LoraError(f"{name}: {module} holds NaN or infinite values; the file is damaged")
+        down, up = lora_pair(name, module, tensors)
         rank = down.shape[0]
         if "alpha" in tensors:
             up = up * (_alpha(name, module, tensors["alpha"]) / rank)
@@ -276,10 +271,7 @@ def match_official_i2v_lora(model: nn.Module, state: dict[str, torch.Tensor], *,
         if path not in linears or "down" not in tensors or "up" not in tensors:
             unmatched += [f"{module}.{role}" for role in tensors]
             continue
-        down, up = tensors["down"].float(), tensors["up"].float()
-        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
-            raise LoraError(f"{name}: {module} has down {tuple(down.shape)} / up {tuple(up.shape)}, "
-                            "not a linear LoRA pair")
+        down, up = lora_pair(name, module, tensors)
         layers[path] = _combine(path, linears[path], [(ModuleTarget(path), down, up)], name)
     if not layers:
         raise LoraError(f"{name}: none of its {len(state)} keys names a linear layer of the DiT "
@@ -289,6 +281,17 @@ def match_official_i2v_lora(model: nn.Module, state: dict[str, torch.Tensor], *,
                     len(unmatched), len(state), ", ".join(sorted(unmatched)[:_SHOW]))
     log.info("LoRA %s (official I2V format, alpha ignored): %d layers of the DiT adapted", name, len(layers))
     return LoraWeights(name, layers, unmatched)
+
+
+def lora_pair(name: str, module: str, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A module's (down [r, in], up [out, r]) in float32, checked to be a finite linear pair."""
+    down, up = tensors["down"].float(), tensors["up"].float()
+    if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+        raise LoraError(f"{name}: {module} has down {tuple(down.shape)} / up {tuple(up.shape)}, "
+                        "not a linear LoRA pair")
+    if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
+        raise LoraError(f"{name}: {module} holds NaN or infinite values; the file is damaged")
+    return down, up
 
 
 def _combine(module: str, linear: nn.Linear, parts, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from hyvideo.text.checkpoint import (
     seeded_random,
     weight_files,
 )
-from hyvideo.text.tokenizer import load_clip_tokenizer
+from hyvideo.text.tokenizer import load_clip_tokenizer, tokenize_padded
 
 __all__ = [
     "CLIPTextEncoder",
@@ -116,15 +116,7 @@ class CLIPTextEncoder:
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and mask [B, max_length] int64 (BOS, <=75 text tokens, EOS, pad 49407)."""
-        batch = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return batch["input_ids"].long(), batch["attention_mask"].long()
+        return tokenize_padded(self.tokenizer, list(prompts), self.max_length)
 
     @torch.inference_mode()
     def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

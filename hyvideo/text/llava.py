@@ -49,7 +49,7 @@ from hyvideo.text.checkpoint import materialized, read_config, seeded_random, we
 from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder
 from hyvideo.text.conditioning import TextConditioning
 from hyvideo.text.prompts import I2V_VIDEO_TEMPLATE, ImagePromptTemplate, i2v_template_for_frames
-from hyvideo.text.tokenizer import check_crop_start, load_llm_tokenizer
+from hyvideo.text.tokenizer import check_crop_start, load_llm_tokenizer, tokenize_padded
 
 __all__ = [
     "LLAVA_HINT",
@@ -436,15 +436,7 @@ class LlavaTextImageEncoder:
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and mask [B, text_len + 103] int64 of the templated prompts."""
-        batch = self.tokenizer(
-            [self.template.format(p) for p in prompts],
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return batch["input_ids"].long(), batch["attention_mask"].long()
+        return tokenize_padded(self.tokenizer, [self.template.format(p) for p in prompts], self.max_length)
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[B, 3, S, S] float32: the CLIP processor's resize, crop and normalisation."""

@@ -33,7 +33,7 @@ from hyvideo.text.checkpoint import (
     weight_files,
 )
 from hyvideo.text.prompts import IMAGE_TEMPLATE, VIDEO_TEMPLATE, PromptTemplate, template_for_frames
-from hyvideo.text.tokenizer import check_crop_start, load_llm_tokenizer
+from hyvideo.text.tokenizer import check_crop_start, load_llm_tokenizer, tokenize_padded
 
 __all__ = [
     "LLMEncodeSettings",
@@ -149,15 +149,7 @@ class LLMTextEncoder:
         self, prompts: list[str], template: PromptTemplate
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and mask [B, max_length] int64 of the templated prompts (right padding)."""
-        batch = self.tokenizer(
-            [template.format(p) for p in prompts],
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return batch["input_ids"].long(), batch["attention_mask"].long()
+        return tokenize_padded(self.tokenizer, [template.format(p) for p in prompts], self.max_length)
 
     @torch.inference_mode()
     def encode_tokens(

@@ -17,6 +17,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import torch
 from transformers import (CLIPTokenizer, CLIPTokenizerFast, PreTrainedTokenizerBase,
                           PreTrainedTokenizerFast)
 
@@ -191,3 +192,12 @@ def check_crop_start(tokenizer: PreTrainedTokenizerBase, template: PromptTemplat
             "tokenizer (BOS prepended, Llama-3 special tokens)"
         )
     return derived
+
+
+def tokenize_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                    max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask [B, max_length] int64: truncated, padded on the tokenizer's side to
+    ``max_length`` (how the reference calls every text tokenizer)."""
+    batch = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
+                      return_attention_mask=True, return_tensors="pt")
+    return batch["input_ids"].long(), batch["attention_mask"].long()
