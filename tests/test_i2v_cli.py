@@ -112,26 +112,17 @@ def test_torchrun_two_processes_equal_one(images, tmp_path):
 
 
 def test_offload_modes_equal_none(images):
-    from hyvideo.pipeline.execution import Execution
     from hyvideo.pipeline.image_input import load_i2v_image
     from hyvideo.pipeline.options import LoadOptions
-    from hyvideo.runtime.build import OffloadExecution, RuntimeOptions, load_pipeline
-    from hyvideo.runtime.offload import OffloadConfig, offload_components
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
+    from hyvideo.runtime.offload import OffloadConfig
+    from tests.test_offload import assert_offload_modes_equal_none
 
     pipe = load_pipeline(LoadOptions(model="tiny-random-i2v"), RuntimeOptions(device=torch.device("cpu")))
     request = pipe.request("a fox", load_i2v_image(images / "wide.png", "144p"), video_length=5,
                            infer_steps=2, seed=1, i2v_stability=True)
+    assert_offload_modes_equal_none(pipe, request, (OffloadConfig("model"), OffloadConfig("blocks", 1)))
     reference = pipe(request, show_progress=False)
-    parts = {"text_encoders": pipe.text_encoders, "dit": pipe.dit, "vae": pipe.vae}
-    for config in (OffloadConfig("model"), OffloadConfig("blocks", 1)):
-        pipe.execution = OffloadExecution(offload_components(parts, torch.device("cpu"), config))
-        try:
-            result = pipe(request, show_progress=False)
-        finally:
-            pipe.execution.close()
-            pipe.execution = Execution()
-        assert torch.equal(result.latents, reference.latents), config.mode
-        assert torch.equal(result.videos, reference.videos), config.mode
     assert torch.equal(reference.latents[:, :, :1], pipe.image_latents(request).cpu())  # frame 0 = the image
 
 

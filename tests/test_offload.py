@@ -295,11 +295,11 @@ def tiny_pipeline():
     return pipe, request
 
 
-def test_pipeline_modes_are_bit_identical(tiny_pipeline):
-    pipe, request = tiny_pipeline
+def assert_offload_modes_equal_none(pipe, request, configs) -> None:
+    """Every offload mode of ``configs`` gives ``pipe``'s latents and videos bit for bit."""
     parts = {"text_encoders": pipe.text_encoders, "dit": pipe.dit, "vae": pipe.vae}
     reference = pipe(request, show_progress=False)
-    for config in (OffloadConfig("model"), OffloadConfig("sequential"), OffloadConfig("blocks", 2)):
+    for config in configs:
         pipe.execution = OffloadExecution(offload_components(parts, CPU, config))
         try:
             result = pipe(request, show_progress=False)
@@ -308,6 +308,12 @@ def test_pipeline_modes_are_bit_identical(tiny_pipeline):
             pipe.execution = Execution()
         assert torch.equal(result.latents, reference.latents), config.mode
         assert torch.equal(result.videos, reference.videos), config.mode
+
+
+def test_pipeline_modes_are_bit_identical(tiny_pipeline):
+    pipe, request = tiny_pipeline
+    assert_offload_modes_equal_none(pipe, request, (OffloadConfig("model"), OffloadConfig("sequential"),
+                                                    OffloadConfig("blocks", 2)))
 
 
 @pytest.mark.skipif(compat.accelerator_type() is None, reason="needs an accelerator")
