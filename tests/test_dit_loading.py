@@ -43,9 +43,10 @@ def test_safetensors_and_bf16_cast(tmp_path, model_and_state):
     assert loaded.img_in.proj.weight.dtype == torch.bfloat16
     assert loaded.final_layer.linear.weight.dtype == torch.float32  # as the reference builds it
     out = _out(loaded, model.config)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # Under the official autocast placement the final linear runs in bf16 (tests/test_precision.py).
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     ref = _out(model, model.config)
-    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
 def test_missing_file(tmp_path, model_and_state):
