@@ -225,3 +225,53 @@ def test_pipeline_from_diffusers_layout_equals_the_in_memory_one(tmp_path):
     a = reference(request, decode=True, show_progress=False)
     b = pipe(request, decode=True, show_progress=False)
     assert torch.allclose(a.latents, b.latents, atol=1e-5) and torch.allclose(a.videos, b.videos, atol=1e-5)
+
+
+def test_i2v_pipeline_from_diffusers_layout_equals_the_in_memory_one(tmp_path):
+    """hunyuanvideo-community/HunyuanVideo-I2V's layout: the token_replace transformer
+    (image_condition_type), the LLaVA (vision tower included) with its image_processor/."""
+    import numpy as np
+    from PIL import Image
+
+    from hyvideo.checkpoints.layouts import CheckpointPaths
+    from hyvideo.pipeline.image_input import load_i2v_image
+    from hyvideo.pipeline.options import LoadOptions, Precisions
+    from hyvideo.runtime.build import RuntimeOptions, load_pipeline
+
+    cpu = RuntimeOptions(device=torch.device("cpu"))
+    reference = load_pipeline(LoadOptions(model="tiny-random-i2v"), cpu)
+    base = tmp_path / "HunyuanVideo-I2V"
+    llava = reference.text_encoders.llava
+    write_diffusers_layout(base, _as_t2v_names(reference))
+    import shutil
+
+    shutil.rmtree(base / "text_encoder")
+    llava.model.save_pretrained(base / "text_encoder")
+    llava.tokenizer.save_pretrained(base / "tokenizer")
+    llava.image_processor.save_pretrained(base / "image_processor")
+    config = json.loads((base / "transformer" / "config.json").read_text())
+    assert config["image_condition_type"] == "token_replace"
+    opts = LoadOptions(model="HYVideo-I2V", paths=CheckpointPaths(model_base=base),
+                       precisions=Precisions("fp32", "fp32", "fp32", "fp32"))
+    pipe = load_pipeline(opts, cpu)
+    picture = tmp_path / "p.png"
+    Image.fromarray((np.random.RandomState(1).rand(60, 90, 3) * 255).astype("uint8")).save(picture)
+    request = reference.request("a cat", load_i2v_image(picture, "144p"), seed=3, video_length=5, infer_steps=2)
+    a = reference(request, decode=True, show_progress=False)
+    b = pipe(request, decode=True, show_progress=False)
+    assert torch.allclose(a.latents, b.latents, atol=1e-5) and torch.allclose(a.videos, b.videos, atol=1e-5)
+    t2v = LoadOptions(model="HYVideo-T/2-cfgdistill", paths=CheckpointPaths(model_base=base),
+                      precisions=Precisions("fp32", "fp32", "fp32", "fp32"))
+    with pytest.raises(CheckpointError, match="describes an image-to-video .token_replace. model"):
+        load_pipeline(t2v, cpu)
+
+
+def _as_t2v_names(pipe):
+    """The I2V pipeline seen through write_diffusers_layout's attribute names (its LLM slot is
+    written over by the LLaVA afterwards)."""
+    from types import SimpleNamespace
+
+    text = SimpleNamespace(llm=SimpleNamespace(model=pipe.text_encoders.clip.model,
+                                               tokenizer=pipe.text_encoders.llava.tokenizer),
+                           clip=pipe.text_encoders.clip)
+    return SimpleNamespace(dit=pipe.dit, vae=pipe.vae, text_encoders=text)
