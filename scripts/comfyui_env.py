@@ -12,6 +12,7 @@ linked as a custom node pack, models/output under ``--base``, until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import tempfile
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(env.folder)
         return 0
     base = args.base or Path(tempfile.mkdtemp(prefix="hyvideo-comfyui-"))
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    example = base / "input" / "example.png"  # the I2V workflows load it; ComfyUI ships it
+    if not example.exists():
+        shutil.copy(env.folder / "input" / "example.png", example)
     server = harness.ComfyServer(env, base, {"hyvideo": ROOT / "comfyui"})
     server.port, server.url = args.port, f"http://127.0.0.1:{args.port}"
     # A plain `kill` of this script stops the server too (as Ctrl-C does).
