@@ -92,7 +92,8 @@ def test_console_commands_answer(venv, elsewhere):
     version = _run([venv / "hyvideo-sample", "--version"], cwd=elsewhere)
     assert version.returncode == 0 and __version__ in version.stdout, version.stderr
     for cmd in ([venv / "python", "-m", "hyvideo", "--help"], [venv / "hyvideo-sample", "--help"],
-                [venv / "hyvideo-web", "--help"], [venv / "hyvideo-conformance", "--help"]):
+                [venv / "hyvideo-web", "--help"], [venv / "hyvideo-conformance", "--help"],
+                [venv / "hyvideo-i2v", "--help"]):
         proc = _run(cmd, cwd=elsewhere)
         assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
         assert "usage:" in proc.stdout, cmd
