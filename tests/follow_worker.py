@@ -38,7 +38,11 @@ class StepsOnly:
 
 
 def main(timeout_s: float, idle_s: float, out: str) -> None:
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    # The rendezvous gets a generous timeout (on a loaded 2-core CI runner the two ranks can start
+    # seconds apart); the short timeout is then set on the default group's collectives only.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    dist.barrier()
+    dist.distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     variant = load_variant("tiny-random")
     pipe = StepsOnly(variant.geometry)
