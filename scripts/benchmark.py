@@ -483,16 +483,16 @@ def stage_figures(laps: list[tuple[str, float, int]]) -> dict[str, float]:
     }
 
 
-def summarize(laps_per_run: list[list[tuple[str, float, int]]]) -> dict[str, float]:
+def summarize(laps_per_run: list[list[tuple[str, float, int]]], figures=stage_figures) -> dict[str, float]:
     """Medians over runs of each stage's seconds and peak bytes."""
-    rows = [stage_figures(laps) for laps in laps_per_run]
+    rows = [figures(laps) for laps in laps_per_run]
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
-def paired_ratios(ours: list, theirs: list) -> dict[str, float | None]:
+def paired_ratios(ours: list, theirs: list, figures=stage_figures) -> dict[str, float | None]:
     """Median over rounds of ours / diffusers within each round: the two runs of a round are
     adjacent in time, so a change of machine load between rounds cancels out."""
-    pairs = [(stage_figures(a), stage_figures(b)) for a, b in zip(ours, theirs, strict=True)]
+    pairs = [(figures(a), figures(b)) for a, b in zip(ours, theirs, strict=True)]
     out = {}
     for k in pairs[0][0]:
         ratios = [a[k] / b[k] for a, b in pairs if b[k] > 0]
@@ -507,6 +507,19 @@ def run_alternated(pipes: Pipelines, setup: BenchSetup, device: torch.device, st
     noise = starting_noise(pipes.ours, setup, device)
     runners = {"ours": lambda clock, n: run_ours(pipes.ours, setup, n, clock),
                "diffusers": lambda clock, n: run_diffusers(pipes.diffusers, setup, n, clock, noise)}
+    laps, outputs = alternate(runners, device, steps, repeats, warmup)
+    (lat_a, vid_a), (lat_b, vid_b) = outputs["ours"], outputs["diffusers"]
+    agreement = {"latents_max_abs_diff": float((lat_a - lat_b).abs().max()),
+                 "latents_max_abs": float(lat_b.abs().max()),
+                 "frames_max_abs_diff": float((vid_a - vid_b).abs().max()),
+                 "frames_shape": list(vid_a.shape)}
+    return {"laps": laps, "summary": {k: summarize(v) for k, v in laps.items()},
+            "paired_ratio": paired_ratios(laps["ours"], laps["diffusers"]), "agreement": agreement}
+
+
+def alternate(runners: dict, device: torch.device, steps: int, repeats: int, warmup: int):
+    """Warm-up runs of each, then ``repeats`` rounds of (ours, diffusers) with the order swapped
+    every round: the laps of every run, and the first output of each."""
     clock = StageClock(device, memory_meter(device))
     for _ in range(warmup):  # one-step runs: kernels, allocator pools, autotuning
         for run in runners.values():
@@ -518,13 +531,7 @@ def run_alternated(pipes: Pipelines, setup: BenchSetup, device: torch.device, st
             out = runners[who](clock, steps)
             laps[who].append(list(clock.laps))
             outputs.setdefault(who, out)
-    (lat_a, vid_a), (lat_b, vid_b) = outputs["ours"], outputs["diffusers"]
-    agreement = {"latents_max_abs_diff": float((lat_a - lat_b).abs().max()),
-                 "latents_max_abs": float(lat_b.abs().max()),
-                 "frames_max_abs_diff": float((vid_a - vid_b).abs().max()),
-                 "frames_shape": list(vid_a.shape)}
-    return {"laps": laps, "summary": {k: summarize(v) for k, v in laps.items()},
-            "paired_ratio": paired_ratios(laps["ours"], laps["diffusers"]), "agreement": agreement}
+    return laps, outputs
 
 
 def benchmark(setup: BenchSetup, device: torch.device, *, steps: int, repeats: int,
@@ -654,6 +661,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=None, help="video frames, 4n+1 (full: 129)")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps per run (default: 3 on the CPU, 10 with --full)")
+    add_comparison_args(p)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help=f"hardware peak for MFU (default {DEFAULT_PEAK_TFLOPS:.0f} on an accelerator, "
+                        "none on the CPU)")
+    return p.parse_args(argv)
+
+
+def add_comparison_args(p: argparse.ArgumentParser) -> None:
+    """The options every ours-against-diffusers benchmark takes (this one and benchmark_i2v.py)."""
     p.add_argument("--repeats", type=int, default=3, help="alternated runs of each pipeline")
     p.add_argument("--warmup", type=int, default=None,
                    help="one-step warm-up runs of each before timing (default: 0 CPU, 1 otherwise)")
@@ -664,11 +680,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="diffusers' attention backend (set_attention_backend), default its own")
     p.add_argument("--no-vae-tiling", dest="vae_tiling", action="store_false",
                    help="decode untiled in both (default: the official tiles in both)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help=f"hardware peak for MFU (default {DEFAULT_PEAK_TFLOPS:.0f} on an accelerator, "
-                        "none on the CPU)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure here")
-    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -304,21 +303,6 @@ def stage_figures(laps: list[tuple[str, float, int]]) -> dict[str, float]:
     return figures
 
 
-def summarize(laps_per_run: list) -> dict[str, float]:
-    rows = [stage_figures(laps) for laps in laps_per_run]
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-
-
-def paired_ratios(ours: list, theirs: list) -> dict[str, float | None]:
-    """Median over rounds of ours / diffusers within each round (see scripts/benchmark.py)."""
-    pairs = [(stage_figures(a), stage_figures(b)) for a, b in zip(ours, theirs, strict=True)]
-    out = {}
-    for k in pairs[0][0]:
-        ratios = [a[k] / b[k] for a, b in pairs if b[k] > 0]
-        out[k] = statistics.median(ratios) if ratios else None
-    return out
-
-
 def text_agreement(pipe, image, theirs_text) -> dict[str, float | bool]:
     """Our conditioning of the prompt with the image against diffusers' (valid tokens only:
     padding positions are masked out of every attention)."""
@@ -342,25 +326,16 @@ def run_alternated(pipes, setup: I2VSetup, device: torch.device, steps: int, rep
     noise = bench.starting_noise(pipes.ours, setup.base, device)
     runners = {"ours": lambda clock, n: run_ours(pipes.ours, setup, n, clock, image),
                "diffusers": lambda clock, n: run_diffusers(pipes.diffusers, setup, n, clock, noise, image)}
-    clock = bench.StageClock(device, bench.memory_meter(device))
-    for _ in range(warmup):  # one-step runs: kernels, allocator pools, autotuning
-        for run in runners.values():
-            run(clock, 1)
-    laps: dict[str, list] = {"ours": [], "diffusers": []}
-    outputs = {}
-    for r in range(repeats):
-        for who in ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours"):
-            out = runners[who](clock, steps)
-            laps[who].append(list(clock.laps))
-            outputs.setdefault(who, out)
+    laps, outputs = bench.alternate(runners, device, steps, repeats, warmup)
     (lat_a, vid_a), (lat_b, vid_b, text_b) = outputs["ours"], outputs["diffusers"]
     agreement = {"latents_max_abs_diff": float((lat_a - lat_b).abs().max()),
                  "latents_max_abs": float(lat_b.abs().max()),
                  "image_latent_max_abs_diff": float((lat_a[:, :, :1] - lat_b[:, :, :1]).abs().max()),
                  "frames_max_abs_diff": float((vid_a - vid_b).abs().max()),
                  "frames_shape": list(vid_a.shape), **text_agreement(pipes.ours, image, text_b)}
-    return {"laps": laps, "summary": {k: summarize(v) for k, v in laps.items()},
-            "paired_ratio": paired_ratios(laps["ours"], laps["diffusers"]), "agreement": agreement}
+    return {"laps": laps, "summary": {k: bench.summarize(v, stage_figures) for k, v in laps.items()},
+            "paired_ratio": bench.paired_ratios(laps["ours"], laps["diffusers"], stage_figures),
+            "agreement": agreement}
 
 
 def benchmark(setup: I2VSetup, device: torch.device, *, steps: int, repeats: int, warmup: int = 0,
@@ -440,16 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", default=None, help="HEIGHTxWIDTH (medium 256x256, full 720x1280)")
     p.add_argument("--frames", type=int, default=None, help="video frames, 4n+1, > 1 (full: 129)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 3 on the CPU, 10 --full)")
-    p.add_argument("--repeats", type=int, default=3, help="alternated runs of each pipeline")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="one-step warm-up runs of each before timing (default: 0 CPU, 1 otherwise)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the accelerator if any)")
-    p.add_argument("--attention", default="sdpa", help="our attention backend (sdpa, flash, flex, sage, auto)")
-    p.add_argument("--diffusers-attention", default=None,
-                   help="diffusers' attention backend (set_attention_backend), default its own")
-    p.add_argument("--no-vae-tiling", dest="vae_tiling", action="store_false",
-                   help="decode untiled in both (default: the official tiles in both)")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure here")
+    bench.add_comparison_args(p)
     return p.parse_args(argv)
 
 
