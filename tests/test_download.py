@@ -22,6 +22,20 @@ spec.loader.exec_module(dw)
 T2V = "hunyuan-video-t2v-720p"
 I2V = "hunyuan-video-i2v-720p"
 # The files of each repository (as listed on the Hub; sizes do not matter here).
+# The diffusers-format repos (T2V and I2V) share this layout; I2V adds the image processor.
+DIFFUSERS_FILES = [
+    ".gitattributes", "README.md", "model_index.json", "scheduler/scheduler_config.json",
+    "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
+    *(f"transformer/diffusion_pytorch_model-0000{i}-of-00006.safetensors" for i in range(1, 7)),
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+    *(f"text_encoder/model-0000{i}-of-00004.safetensors" for i in range(1, 5)),
+    "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
+    "tokenizer/special_tokens_map.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+    "tokenizer_2/merges.txt", "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json", "tokenizer_2/vocab.json",
+]
+
 REPOS = {
     "tencent/HunyuanVideo": [
         ".gitattributes", "LICENSE", "Notice", "README.md", "assets/video_poster.png",
@@ -46,30 +60,8 @@ REPOS = {
         f"{I2V}/vae/config.json", f"{I2V}/vae/pytorch_model.pt",
         f"{I2V}/lora/embrace_kohaya_weights.safetensors", f"{I2V}/lora/hair_growth_kohaya_weights.safetensors",
     ],
-    "hunyuanvideo-community/HunyuanVideo-I2V": [
-        ".gitattributes", "README.md", "model_index.json", "scheduler/scheduler_config.json",
-        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
-        *(f"transformer/diffusion_pytorch_model-0000{i}-of-00006.safetensors" for i in range(1, 7)),
-        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
-        *(f"text_encoder/model-0000{i}-of-00004.safetensors" for i in range(1, 5)),
-        "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
-        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
-        "tokenizer_2/merges.txt", "tokenizer_2/special_tokens_map.json",
-        "tokenizer_2/tokenizer_config.json", "tokenizer_2/vocab.json", "image_processor/preprocessor_config.json",
-    ],
-    "hunyuanvideo-community/HunyuanVideo": [
-        ".gitattributes", "README.md", "model_index.json", "scheduler/scheduler_config.json",
-        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
-        *(f"transformer/diffusion_pytorch_model-0000{i}-of-00006.safetensors" for i in range(1, 7)),
-        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
-        *(f"text_encoder/model-0000{i}-of-00004.safetensors" for i in range(1, 5)),
-        "text_encoder_2/config.json", "text_encoder_2/model.safetensors",
-        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
-        "tokenizer_2/merges.txt", "tokenizer_2/special_tokens_map.json",
-        "tokenizer_2/tokenizer_config.json", "tokenizer_2/vocab.json",
-    ],
+    "hunyuanvideo-community/HunyuanVideo-I2V": [*DIFFUSERS_FILES, "image_processor/preprocessor_config.json"],
+    "hunyuanvideo-community/HunyuanVideo": DIFFUSERS_FILES,
 }
 
 

@@ -53,19 +53,24 @@ class PromptTemplate:
 _HEADER_SYSTEM = "<|start_header_id|>system<|end_header_id|>\n\n"
 _USER_TURN = "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
 
-# The strings are the reference's, byte for byte, including its missing spaces after "video."
-# and "objects." ("...of the video.2. The color...").
-VIDEO_TEMPLATE = PromptTemplate(
-    name="dit-llm-encode-video",
-    template=(
-        _HEADER_SYSTEM + "Describe the video by detailing the following aspects: "
+# The five aspects both video templates list (T2V and I2V), as the reference writes them.
+_VIDEO_ASPECTS = (
         "1. The main content and theme of the video."
         "2. The color, shape, size, texture, quantity, text, and spatial relationships of the "
         "objects."
         "3. Actions, events, behaviors temporal relationships, physical movement changes of the "
         "objects."
         "4. background environment, light, style and atmosphere."
-        "5. camera angles, movements, and transitions used in the video:" + _USER_TURN
+        "5. camera angles, movements, and transitions used in the video:"
+)
+
+# The strings are the reference's, byte for byte, including its missing spaces after "video."
+# and "objects." ("...of the video.2. The color...").
+VIDEO_TEMPLATE = PromptTemplate(
+    name="dit-llm-encode-video",
+    template=(
+        _HEADER_SYSTEM + "Describe the video by detailing the following aspects: " + _VIDEO_ASPECTS
+        + _USER_TURN
     ),
     crop_start=95,
 )
@@ -108,14 +113,7 @@ I2V_VIDEO_TEMPLATE = ImagePromptTemplate(
     name="dit-llm-encode-video-i2v",
     template=(
         _HEADER_SYSTEM + "<image>\nDescribe the video by detailing the following aspects according "
-        "to the reference image: "
-        "1. The main content and theme of the video."
-        "2. The color, shape, size, texture, quantity, text, and spatial relationships of the "
-        "objects."
-        "3. Actions, events, behaviors temporal relationships, physical movement changes of the "
-        "objects."
-        "4. background environment, light, style and atmosphere."
-        "5. camera angles, movements, and transitions used in the video:<|eot_id|>\n\n"
+        "to the reference image: " + _VIDEO_ASPECTS + "<|eot_id|>\n\n"
         "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>" + _ASSISTANT
     ),
     crop_start=103,
