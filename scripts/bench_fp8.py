@@ -33,9 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from hyvideo.conformance import Case
 from hyvideo.conformance.dit_kinds import dit_config
-from hyvideo.dit.fp8 import (FP8_DTYPE, FP8_MAX, FP8Linear, disable_fp8_matmul,
-                             enable_fp8_matmul, fp8_layer_names, fp8_matmul_summary,
-                             quantize_activations)
+from hyvideo.dit.fp8 import (FP8Linear, disable_fp8_matmul, enable_fp8_matmul, fp8_layer_names,
+                             fp8_matmul_summary, quantize_activations, quantize_weight)
 from hyvideo.dit.loader import dit_from_state_dict, load_dit
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -72,9 +71,7 @@ def _quantized_state(state: dict[str, torch.Tensor], names: list[str]):
     """Dense weights -> the official FP8 format: float8 weight, scale = max|W| / 448 per layer."""
     state, scales = dict(state), {}
     for name in names:
-        w = state[f"{name}.weight"].float()
-        scales[name] = (w.abs().max() / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-        state[f"{name}.weight"] = (w / scales[name]).to(FP8_DTYPE)
+        state[f"{name}.weight"], scales[name] = quantize_weight(state[f"{name}.weight"])
     return state, scales
 
 
@@ -124,8 +121,8 @@ def _print_rows(case: Case, results: dict[str, torch.Tensor], baseline: torch.Te
 def _layers(k: int, n: int, dtype, device) -> tuple[torch.Tensor, dict[str, FP8Linear]]:
     """A random bf16 weight [N, K] and FP8 Linears sharing its quantized copy, one per mode."""
     weight = torch.randn(n, k, device=device) * 0.02
-    scale = weight.abs().max() / FP8_MAX
-    q = nn.Parameter((weight / scale).to(FP8_DTYPE), requires_grad=False)
+    q, scale = quantize_weight(weight)
+    q = nn.Parameter(q, requires_grad=False)
     bias = nn.Parameter(torch.randn(n, device=device, dtype=dtype) * 0.02, requires_grad=False)
     layers = {}
     for mode in ("weight-only", "token", "tensor"):

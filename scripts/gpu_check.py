@@ -224,14 +224,13 @@ def _lse_check(q, k, v) -> dict:
 def _fp8_layer(k: int, n: int, device, dtype):
     from torch import nn
 
-    from hyvideo.dit.fp8 import FP8_DTYPE, FP8_MAX, FP8Linear
+    from hyvideo.dit.fp8 import FP8Linear, quantize_weight
 
     g = torch.Generator(device).manual_seed(k + n)
     layer = FP8Linear.from_linear(nn.Linear(k, n, device=device, dtype=dtype))
     w = torch.randn(n, k, device=device, generator=g) / k ** 0.5
-    scale = w.abs().max() / FP8_MAX
-    layer.weight = nn.Parameter((w / scale).to(FP8_DTYPE), requires_grad=False)
-    layer.fp8_scale = scale.float()
+    q, layer.fp8_scale = quantize_weight(w)
+    layer.weight = nn.Parameter(q, requires_grad=False)
     layer.bias = nn.Parameter(torch.randn(n, device=device, generator=g).to(dtype) * 0.1, requires_grad=False)
     return layer
 
@@ -289,7 +288,7 @@ def small_dit_config(tiny: bool):
 
 def random_dit(config, device, dtype, fp8: bool):
     """A DiT with random weights (N(0, 1/fan_in)), optionally in the official FP8 layout."""
-    from hyvideo.dit.fp8 import FP8_DTYPE, FP8_MAX, FP8Linear, convert_to_fp8
+    from hyvideo.dit.fp8 import FP8_DTYPE, FP8Linear, convert_to_fp8, quantize_weight
     from hyvideo.dit.loader import build_dit
 
     dit = build_dit(config, dtype=dtype, device="meta")
@@ -301,8 +300,8 @@ def random_dit(config, device, dtype, fp8: bool):
         for module in dit.modules():
             if isinstance(module, FP8Linear):
                 w = torch.randn(module.weight.shape, device=device, generator=g) / module.in_features ** 0.5
-                module.fp8_scale = (w.abs().max() / FP8_MAX).float()
-                module.weight.copy_((w / module.fp8_scale).to(FP8_DTYPE))
+                q, module.fp8_scale = quantize_weight(w)
+                module.weight.copy_(q)
         for p in dit.parameters():
             if p.dtype != FP8_DTYPE:
                 fan_in = p[0].numel() if p.ndim > 1 else 1

@@ -41,6 +41,12 @@ FUSED_BIAS_DTYPES = (torch.bfloat16, torch.float16)  # _scaled_mm adds a bias on
 MATMUL_ALIGNMENT = 16  # K and N of torch._scaled_mm must be multiples of this (cuBLASLt)
 
 
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float weight -> (float8 weight, float32 scale), scale = max|W| / 448 as the official tool."""
+    scale = (weight.abs().max().float() / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return (weight.float() / scale).to(FP8_DTYPE), scale
+
+
 QUANT_CHUNK_BYTES = 64 << 20  # float32 quotient per chunk of rows (bounds the transients)
 
 

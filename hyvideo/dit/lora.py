@@ -40,12 +40,11 @@ import torch
 from torch import nn
 
 from hyvideo.checkpoints.keys import ModuleTarget, diffusers_module_targets
-from hyvideo.dit.fp8 import FP8_DTYPE, FP8Linear
+from hyvideo.dit.fp8 import FP8Linear, quantize_weight
 from hyvideo.checkpoints.reading import CheckpointError, read_json, read_state_dict
 
 log = logging.getLogger(__name__)
 
-FP8_MAX = 448.0  # largest float8_e4m3fn value; the official scale is max|W| / 448
 _SHOW = 5
 
 # (regex on the key's tail, role): the down (A) and up (B) matrices and alpha.
@@ -341,12 +340,6 @@ class FusedLora:
         self.originals = None
 
 
-def _requantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float weight -> (float8 weight, float32 scale), scale = max|W| / 448 as the official tool."""
-    scale = (weight.abs().max().float() / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-    return (weight.float() / scale).to(FP8_DTYPE), scale
-
-
 @torch.no_grad()
 def fuse_lora(model: nn.Module, lora: LoraWeights, scale: float = 1.0, *,
               restorable: bool = True) -> FusedLora:
@@ -359,7 +352,7 @@ def fuse_lora(model: nn.Module, lora: LoraWeights, scale: float = 1.0, *,
         delta = lora.delta(name).to(weight.device) * scale
         if isinstance(base, FP8Linear):
             originals[name] = (weight, base.fp8_scale)
-            new, new_scale = _requantize(base.dequantized_weight(torch.float32) + delta)
+            new, new_scale = quantize_weight(base.dequantized_weight(torch.float32) + delta)
             base.weight = nn.Parameter(new, requires_grad=False)
             base.fp8_scale = new_scale.to(weight.device)
         else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hyvideo import compat
+from hyvideo.dit.fp8 import ACTIVATION_SCALES
 from hyvideo.pipeline.components import load_components
 from hyvideo.pipeline.options import LoadOptions
 from hyvideo.pipeline.execution import Execution
@@ -25,8 +26,6 @@ from hyvideo.runtime.cache import CacheConfig
 from hyvideo.runtime.offload.config import OffloadConfig
 
 log = logging.getLogger(__name__)
-
-FP8_ACTIVATION_SCALES = ("token", "tensor")
 
 
 def default_device() -> torch.device:
@@ -55,7 +54,7 @@ class Fp8MatmulConfig:
     activation_scale: str = "token"
 
     def __post_init__(self) -> None:
-        if self.activation_scale not in FP8_ACTIVATION_SCALES:
+        if self.activation_scale not in ACTIVATION_SCALES:
             raise UsageError(f"fp8 activation scale must be token or tensor, got {self.activation_scale!r}",
                              "fp8_activation_scale")
 
