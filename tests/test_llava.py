@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import LlavaForConditionalGeneration, LlavaModel
 
+import hyvideo.text.checkpoint as text_checkpoint
 import hyvideo.text.llava as llava_module
 from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.conformance import Case, run_case, run_manifest
@@ -354,9 +355,26 @@ def test_strict_load_names_the_mismatch_before_reading_data(tmp_path, source_mod
     assert reads == []  # headers only: no tensor was read
 
 
+def test_an_integer_tensor_is_refused_before_reading_data(tmp_path, source_model, tokenizer,
+                                                          monkeypatch):
+    """The headers' dtypes are checked: an integer tensor where the model has a floating weight
+    is refused (it would be cast silently into meaningless weights), before any tensor is read."""
+    folder = _write_folder(tmp_path / "int", source_model, edit=lambda s: s.__setitem__(
+        "multi_modal_projector.linear_1.bias", torch.zeros(16, dtype=torch.int64)))
+    reads = []
+    _spy_reads(monkeypatch, reads)
+    with pytest.raises(CheckpointError) as err:
+        load_llava_encoder(folder, dtype=torch.float32, tokenizer=tokenizer)
+    message = str(err.value)
+    assert "tensors are not floating point: multi_modal_projector.linear_1.bias (torch.int64)" \
+        in message and "\n" not in message
+    assert reads == []
+
+
 def _spy_reads(monkeypatch, log: list, on_read=None):
-    """Wrap safe_open in hyvideo.text.llava so every get_tensor is seen."""
-    real = llava_module.safe_open
+    """Wrap safe_open in hyvideo.text.checkpoint (the text encoders' reader) so every get_tensor
+    is seen."""
+    real = text_checkpoint.safe_open
 
     class Handle:
         def __init__(self, *args, **kwargs):
@@ -382,7 +400,7 @@ def _spy_reads(monkeypatch, log: list, on_read=None):
             log.append(weakref.ref(tensor))
             return tensor
 
-    monkeypatch.setattr(llava_module, "safe_open", Handle)
+    monkeypatch.setattr(text_checkpoint, "safe_open", Handle)
 
 
 def test_streaming_load_never_holds_a_second_copy(tmp_path, source_model, tokenizer, monkeypatch):

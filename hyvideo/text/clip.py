@@ -17,11 +17,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
 from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text.checkpoint import (
-    assign_weights,
     materialized,
     read_config,
-    read_weights,
     seeded_random,
+    stream_weights,
     weight_files,
 )
 from hyvideo.text.tokenizer import load_clip_tokenizer, tokenize_padded
@@ -82,9 +81,9 @@ def key_mapper(model: CLIPTextModel):
     return mapped
 
 
-def _rebuild_position_ids(model: CLIPTextModel, device: torch.device | str | None) -> None:
-    # Non-persistent buffer, created empty by the meta build: positions 0..max_position-1.
-    embeddings = text_tower(model).embeddings
+def rebuild_position_ids(embeddings: torch.nn.Module, device: torch.device | str | None) -> None:
+    # Non-persistent buffer of CLIP's text or vision embeddings, created empty by the meta
+    # build: positions 0..max_position-1.
     count = embeddings.position_embedding.num_embeddings
     embeddings.position_ids = torch.arange(count, device=device).expand(1, -1)
 
@@ -158,9 +157,9 @@ def load_clip_encoder(
         tokenizer = load_clip_tokenizer(folder, max_length)
     with torch.device("meta"):
         model = CLIPTextModel(config)
-    state = read_weights(files, key_mapper(model), dtype=dtype, device=device)
-    assign_weights(model, state, source=f"CLIP weights in {folder}", hint=CLIP_HINT)
-    _rebuild_position_ids(model, device)
+    stream_weights(model, files, key_mapper(model), dtype=dtype, device=device,
+                   source=f"CLIP weights in {folder}", hint=CLIP_HINT)
+    rebuild_position_ids(text_tower(model).embeddings, device)
     return CLIPTextEncoder(materialized(model, str(folder)), tokenizer, max_length)
 
 

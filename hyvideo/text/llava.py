@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors import safe_open
 from transformers import (
     CLIPImageProcessor,
     LlavaConfig,
@@ -44,10 +43,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from hyvideo.checkpoints.reading import CheckpointError, check_state_dict
-from hyvideo.text.checkpoint import materialized, read_config, seeded_random, weight_files
-from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder
+from hyvideo.checkpoints.reading import CheckpointError
+from hyvideo.text.checkpoint import (
+    materialized,
+    read_config,
+    seeded_random,
+    stream_weights,
+    weight_files,
+)
+from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder, rebuild_position_ids
 from hyvideo.text.conditioning import TextConditioning
+from hyvideo.text.llm import rebuild_rotary
 from hyvideo.text.prompts import I2V_VIDEO_TEMPLATE, ImagePromptTemplate, i2v_template_for_frames
 from hyvideo.text.tokenizer import check_crop_start, load_llm_tokenizer, tokenize_padded
 
@@ -66,7 +72,6 @@ __all__ = [
     "load_image_processor",
     "load_llava_encoder",
     "random_llava_encoder",
-    "stream_weights",
     "tiny_llava_config",
     "unused_by_output",
 ]
@@ -200,59 +205,10 @@ def unused_by_output(config: LlavaConfig, settings: LlavaEncodeSettings = LlavaE
 # ---------------------------------------------------------------------------- loading
 
 
-def _file_plan(files: list[Path], rename: Callable[[str], str | None]
-               ) -> tuple[list[tuple[Path, dict[str, str]]], dict[str, torch.Tensor]]:
-    """Per file {file key: model key}, and meta tensors of the file shapes (headers only)."""
-    plan, shapes = [], {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                names = {k: n for k in handle.keys() if (n := rename(k)) is not None}
-                for key, name in names.items():
-                    shape = handle.get_slice(key).get_shape()
-                    shapes[name] = torch.empty(shape, device="meta")
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read safetensors file {file}: {exc}") from exc
-        plan.append((file, names))
-    return plan, shapes
-
-
-def stream_weights(
-    model: torch.nn.Module,
-    files: list[Path],
-    rename: Callable[[str], str | None],
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str | None,
-    source: str,
-) -> None:
-    """Fill the meta-built ``model`` from ``files`` strictly, one file at a time.
-
-    Keys and shapes of every file are checked first (headers only), so a wrong folder fails
-    before anything is read. Then each tensor is read, cast to ``dtype`` (floating tensors) and
-    placed on ``device``; a file's tensors are assigned before the next file is opened. Nothing
-    holds a second copy: the tensors read become the parameters.
-    """
-    plan, shapes = _file_plan(files, rename)
-    check_state_dict(model, shapes, source=source)
-    for file, names in plan:
-        shard: dict[str, torch.Tensor] = {}
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for key, name in names.items():
-                tensor = handle.get_tensor(key)
-                cast = dtype if tensor.is_floating_point() else tensor.dtype
-                shard[name] = tensor.to(device=device or "cpu", dtype=cast)
-                del tensor  # the file-dtype copy goes now, not at the next read
-        model.load_state_dict(shard, strict=False, assign=True)
-        del shard
-
-
 def _rebuild_buffers(model: LlavaModel, device: torch.device | str | None) -> None:
     # Non-persistent buffers are computed at construction, so a meta build leaves them empty.
-    language = model.language_model
-    language.rotary_emb = type(language.rotary_emb)(config=language.config, device=device)
-    embeddings = vision_body(model).embeddings
-    embeddings.position_ids = torch.arange(embeddings.num_positions, device=device).expand(1, -1)
+    rebuild_rotary(model.language_model, device)
+    rebuild_position_ids(vision_body(model).embeddings, device)
 
 
 def load_image_processor(folder: str | Path) -> CLIPImageProcessor:

@@ -25,11 +25,10 @@ from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 
 from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text.checkpoint import (
-    assign_weights,
     materialized,
     read_config,
-    read_weights,
     seeded_random,
+    stream_weights,
     weight_files,
 )
 from hyvideo.text.prompts import IMAGE_TEMPLATE, VIDEO_TEMPLATE, PromptTemplate, template_for_frames
@@ -96,7 +95,7 @@ def _build_on_meta(config: LlamaConfig) -> LlamaModel:
         return LlamaModel(config)
 
 
-def _rebuild_rotary(model: LlamaModel, device: torch.device | str | None) -> None:
+def rebuild_rotary(model: LlamaModel, device: torch.device | str | None) -> None:
     # inv_freq is a non-persistent buffer computed at construction, so a meta build leaves it
     # empty: compute it again on the target device. It stays float32 (the reference's
     # `.to(float16)` also rounds it to float16; positions < 351 make that difference tiny).
@@ -217,9 +216,9 @@ def load_llm_encoder(
     if tokenizer is None:
         tokenizer = load_llm_tokenizer(folder)
     model = _build_on_meta(config)
-    state = read_weights(files, llm_key, dtype=dtype, device=device)
-    assign_weights(model, state, source=f"LLM weights in {folder}", hint=LLM_HINT)
-    _rebuild_rotary(model, device)
+    stream_weights(model, files, llm_key, dtype=dtype, device=device,
+                   source=f"LLM weights in {folder}", hint=LLM_HINT)
+    rebuild_rotary(model, device)
     settings = LLMEncodeSettings(text_len, hidden_state_skip_layer, apply_final_norm)
     return LLMTextEncoder(materialized(model, str(folder)), tokenizer, settings)
 
