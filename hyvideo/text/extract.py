@@ -24,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.text.checkpoint import INDEX_NAME, weight_files
+from hyvideo.text.llava import canonical_llava_key, llava_text_config
 
 __all__ = ["ExtractError", "TOKENIZER_FILES", "language_model_key", "extract_text_encoder"]
 
@@ -37,14 +38,11 @@ class ExtractError(ValueError):
 
 def language_model_key(key: str) -> str | None:
     """LLaVA key -> LlamaForCausalLM key, or None for vision tower / projector tensors."""
-    for old, new in (
-        ("language_model.model.", "model."),
-        ("language_model.lm_head.", "lm_head."),
-        ("model.language_model.", "model."),
-        ("lm_head.", "lm_head."),
-    ):
-        if key.startswith(old):
-            return new + key[len(old) :]
+    name = canonical_llava_key(key)  # the LLaVA layouts' one table
+    if name is None or name.startswith("lm_head."):
+        return name
+    if name.startswith("language_model."):
+        return "model." + name.removeprefix("language_model.")
     return None
 
 
@@ -56,11 +54,10 @@ def _text_config(src: Path) -> LlamaConfig:
         meta = json.loads(path.read_text())
     except ValueError as exc:
         raise ExtractError(f"cannot parse {path}: {exc}") from exc
-    text = meta.get("text_config")
-    if meta.get("model_type") != "llava" or not isinstance(text, dict):
-        raise ExtractError(f"{path} is not a LLaVA config with a text_config ({_HINT})")
-    if text.get("model_type", "llama") != "llama":
-        raise ExtractError(f"{path}: the language model is {text.get('model_type')!r}, not llama")
+    try:
+        text = llava_text_config(meta, str(path), _HINT)
+    except CheckpointError as exc:
+        raise ExtractError(str(exc)) from None
     config = LlamaConfig.from_dict({**text, "model_type": "llama"})
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = torch.float16  # written as the folder's dtype, like the reference's save

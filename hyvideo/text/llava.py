@@ -64,10 +64,12 @@ __all__ = [
     "LlavaEncodeSettings",
     "LlavaTextImageEncoder",
     "black_image",
+    "canonical_llava_key",
     "clip_image_processor",
     "interleave_for",
     "llava_config",
     "llava_key",
+    "llava_text_config",
     "load_i2v_text_encoders",
     "load_image_processor",
     "load_llava_encoder",
@@ -81,16 +83,17 @@ LLAVA_HINT = (
     "(see ckpts/README.md)"
 )
 
-# Checkpoint key prefix -> LlavaModel key prefix (None: present in files, never loaded). The
-# first matching row wins. The official folder uses the transformers < 4.52 names (which
+# Checkpoint key prefix -> LlavaModel key prefix: the one table of the LLaVA layouts, read by
+# this loader and by the extraction of the language model (hyvideo.text.extract). The first
+# matching row wins. The official folder uses the transformers < 4.52 names (which
 # save_pretrained of every later version writes as well); the in-memory names of >= 4.52 are
-# accepted too. lm_head (absent when tied) is never needed: the encoder reads hidden states.
-LLAVA_KEY_TABLE: tuple[tuple[str, str | None], ...] = (
-    ("language_model.lm_head.", None),
+# accepted too. lm_head (absent when tied) is never loaded here: the encoder reads hidden states.
+LLAVA_KEY_TABLE: tuple[tuple[str, str], ...] = (
+    ("language_model.lm_head.", "lm_head."),
     ("language_model.model.", "language_model."),
     ("vision_tower.", "vision_tower."),
     ("multi_modal_projector.", "multi_modal_projector."),
-    ("lm_head.", None),
+    ("lm_head.", "lm_head."),
     ("model.language_model.", "language_model."),
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
@@ -102,17 +105,27 @@ _REBUILT_BUFFERS = ("rotary_emb.inv_freq", "embeddings.position_ids")
 _INTERLEAVE = {"token_replace": 4, "latent_concat": 2}
 
 
+def canonical_llava_key(key: str) -> str | None:
+    """Checkpoint key -> ``LlavaModel`` key (``lm_head.*`` included) through
+    :data:`LLAVA_KEY_TABLE`; None when no row matches."""
+    for old, new in LLAVA_KEY_TABLE:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
 def llava_key(key: str) -> str | None:
-    """Checkpoint key -> ``LlavaModel`` key through :data:`LLAVA_KEY_TABLE` (None = not loaded).
+    """Checkpoint key -> ``LlavaModel`` key through :data:`LLAVA_KEY_TABLE` (None = not loaded:
+    ``lm_head`` and the rebuilt buffers).
 
     A key no row matches is kept as it is, so a wrong file is reported as unexpected keys.
     """
     if key.endswith(_REBUILT_BUFFERS):
         return None
-    for old, new in LLAVA_KEY_TABLE:
-        if key.startswith(old):
-            return None if new is None else new + key[len(old):]
-    return key
+    name = canonical_llava_key(key)
+    if name is None:
+        return key
+    return None if name.startswith("lm_head.") else name
 
 
 def interleave_for(condition_type: str) -> int:
@@ -140,17 +153,25 @@ class LlavaEncodeSettings:
     image_embed_interleave: int = 4
 
 
-def llava_config(config: dict, source: str = "config") -> LlavaConfig:
-    """A LlavaConfig (Llama text model, CLIP vision tower) from a config.json dict."""
+def llava_text_config(config: dict, source: str, hint: str = LLAVA_HINT) -> dict:
+    """The Llama ``text_config`` of a LLaVA config.json dict; else a CheckpointError naming
+    ``source`` and ``hint``."""
     if config.get("model_type") != "llava" or not isinstance(config.get("text_config"), dict):
         raise CheckpointError(
             f"{source} is not a LLaVA config (model_type {config.get('model_type')!r}, "
-            f"expected 'llava' with a text_config; {LLAVA_HINT})"
+            f"expected 'llava' with a text_config; {hint})"
         )
-    text, vision = config["text_config"], config.get("vision_config") or {}
+    text = config["text_config"]
     if text.get("model_type", "llama") != "llama":
         raise CheckpointError(
             f"{source}: the language model is {text.get('model_type')!r}, not llama")
+    return text
+
+
+def llava_config(config: dict, source: str = "config") -> LlavaConfig:
+    """A LlavaConfig (Llama text model, CLIP vision tower) from a config.json dict."""
+    llava_text_config(config, source)
+    vision = config.get("vision_config") or {}
     if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
         raise CheckpointError(
             f"{source}: the vision tower is {vision.get('model_type')!r}, not CLIP")
