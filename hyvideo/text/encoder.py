@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -10,7 +11,23 @@ from hyvideo.text.conditioning import TextConditioning
 from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder
 from hyvideo.text.llm import LLMTextEncoder, load_llm_encoder
 
-__all__ = ["TextConditioning", "TextEncoders", "load_text_encoders"]
+__all__ = ["TextConditioning", "TextEncoders", "load_text_encoders", "text_conditioning"]
+
+
+def text_conditioning(
+    prompts: list[str],
+    encode_states: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+    clip: CLIPTextEncoder,
+) -> TextConditioning:
+    """The DiT's conditioning of ``prompts``, each stripped of surrounding whitespace first (as
+    ``inference.py`` does): ``encode_states(prompts)`` gives the states [B, L, D] and mask [B, L]
+    (LLM or LLaVA), CLIP the pooled [B, D2], moved to the states' device."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not a string")
+    prompts = [p.strip() for p in prompts]
+    states, mask = encode_states(prompts)
+    pooled, _ = clip.encode(prompts)  # [B, D2]; its token mask is unused downstream
+    return TextConditioning(states, mask, pooled.to(states.device))
 
 
 class TextEncoders:
@@ -25,12 +42,9 @@ class TextEncoders:
         Each prompt is stripped of surrounding whitespace first, as ``inference.py`` does.
         Outputs stay on each encoder's device and dtype; ``TextConditioning.to`` moves them.
         """
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not a string")
-        prompts = [p.strip() for p in prompts]
-        states, mask = self.llm.encode(prompts, num_frames=num_frames)  # [B, L, D], [B, L]
-        pooled, _ = self.clip.encode(prompts)  # [B, D2]; its token mask is unused downstream
-        return TextConditioning(states, mask, pooled.to(states.device))
+        return text_conditioning(
+            prompts, lambda stripped: self.llm.encode(stripped, num_frames=num_frames), self.clip
+        )
 
 
 def load_text_encoders(

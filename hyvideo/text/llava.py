@@ -53,7 +53,8 @@ from hyvideo.text.checkpoint import (
 )
 from hyvideo.text.clip import CLIPTextEncoder, load_clip_encoder, rebuild_position_ids
 from hyvideo.text.conditioning import TextConditioning
-from hyvideo.text.llm import rebuild_rotary
+from hyvideo.text.encoder import text_conditioning
+from hyvideo.text.llm import LLMEncodeSettings, rebuild_rotary
 from hyvideo.text.prompts import I2V_VIDEO_TEMPLATE, ImagePromptTemplate, i2v_template_for_frames
 from hyvideo.text.tokenizer import check_crop_start, load_llm_tokenizer, tokenize_padded
 
@@ -137,19 +138,15 @@ def interleave_for(condition_type: str) -> int:
 
 
 @dataclass(frozen=True)
-class LlavaEncodeSettings:
-    """How the I2V text states are taken (the reference's CLI defaults).
+class LlavaEncodeSettings(LLMEncodeSettings):
+    """How the I2V text states are taken (the reference's CLI defaults): the LLM's settings,
+    where ``text_len`` is the prompt tokens in the window (the output keeps ``text_len - 4``),
+    and the image features kept.
 
     Attributes:
-        text_len: prompt tokens in the window (``--text-len``); the output keeps ``text_len - 4``.
-        hidden_state_skip_layer: layers skipped from the end (``--hidden-state-skip-layer``).
-        apply_final_norm: apply the final RMSNorm to a skipped layer's output.
         image_embed_interleave: keep every n-th image feature (4 token_replace, 2 latent_concat).
     """
 
-    text_len: int = 256
-    hidden_state_skip_layer: int = 2
-    apply_final_norm: bool = False
     image_embed_interleave: int = 4
 
 
@@ -386,10 +383,7 @@ class LlavaTextImageEncoder:
         if (crop["height"], crop["width"]) != (config.vision_config.image_size,) * 2:
             raise ValueError(f"image processor crops to {crop}, the vision tower takes "
                              f"{config.vision_config.image_size} px")
-        layers = config.text_config.num_hidden_layers
-        if not 0 <= settings.hidden_state_skip_layer <= layers:
-            raise ValueError(f"hidden_state_skip_layer={settings.hidden_state_skip_layer} outside "
-                             f"0..{layers}")
+        settings.check_layers(config.text_config.num_hidden_layers)
         if settings.image_embed_interleave < 1 or settings.text_len < 4:
             raise ValueError(f"bad settings {settings}")
 
@@ -472,10 +466,7 @@ class LlavaTextImageEncoder:
         out = self.model.language_model(inputs_embeds=embeds, attention_mask=mask,
                                         position_ids=position_ids, output_hidden_states=True,
                                         use_cache=False)
-        skip = self.settings.hidden_state_skip_layer
-        states = out.hidden_states[-(skip + 1)]  # L+1 entries; the last one is normed
-        if skip > 0 and self.settings.apply_final_norm:
-            states = self.model.language_model.norm(states)
+        states = self.settings.chosen_layer(out.hidden_states, self.model.language_model.norm)
         return states, mask
 
     def select(self, states: torch.Tensor, input_ids: torch.Tensor,
@@ -522,6 +513,8 @@ class LlavaTextImageEncoder:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode prompts, each with its image, for a video of ``num_frames`` (> 1) frames.
 
+        The prompts are used as given (:class:`I2VTextEncoders` strips them, as the reference).
+
         Returns:
             states [B, 144 + 252, D] (token_replace; 288 + 252 for latent_concat) and the mask
             [B, same] int64: image tokens first (all valid), then prompt tokens then padding.
@@ -529,7 +522,7 @@ class LlavaTextImageEncoder:
         i2v_template_for_frames(num_frames)  # a 1-frame request raises, as in the reference
         if len(images) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
-        input_ids, mask = self.tokenize([p.strip() for p in prompts])
+        input_ids, mask = self.tokenize(list(prompts))
         return self.encode_tokens(input_ids, mask, self.pixel_values(images))
 
 
@@ -541,19 +534,17 @@ class I2VTextEncoders:
 
     def encode(self, prompts: list[str], images: Image.Image | Sequence[Image.Image], *,
                num_frames: int) -> TextConditioning:
-        """Encode ``prompts`` with ``images`` (one per prompt, or one for all).
+        """Encode ``prompts`` (each stripped first, as ``inference.py`` does) with ``images``
+        (one per prompt, or one for all).
 
         Returns TextConditioning(states [B, L, D], mask [B, L], pooled [B, D2]) on the LLaVA's
         device, where L = 144 + 252 (token_replace) or 288 + 252 (latent_concat).
         """
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not a string")
-        prompts = [p.strip() for p in prompts]
-        if isinstance(images, Image.Image):
-            images = [images] * len(prompts)
-        states, mask = self.llava.encode(prompts, list(images), num_frames=num_frames)
-        pooled, _ = self.clip.encode(prompts)  # [B, D2]
-        return TextConditioning(states, mask, pooled.to(states.device))
+        def llava(stripped: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            each = [images] * len(stripped) if isinstance(images, Image.Image) else list(images)
+            return self.llava.encode(stripped, each, num_frames=num_frames)
+
+        return text_conditioning(prompts, llava, self.clip)
 
     def encode_negative(self, prompts: list[str], images: Image.Image | Sequence[Image.Image],
                         *, num_frames: int) -> TextConditioning:

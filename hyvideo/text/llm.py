@@ -17,10 +17,12 @@ strictly from the safetensors (``model.`` prefix stripped, ``lm_head.*`` ignored
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerBase
 
 from hyvideo.checkpoints.reading import CheckpointError
@@ -63,6 +65,23 @@ class LLMEncodeSettings:
     text_len: int = 256
     hidden_state_skip_layer: int = 2
     apply_final_norm: bool = False
+
+    def check_layers(self, layers: int) -> None:
+        """``ValueError`` unless ``hidden_state_skip_layer`` fits a model of ``layers`` layers."""
+        if not 0 <= self.hidden_state_skip_layer <= layers:
+            raise ValueError(
+                f"hidden_state_skip_layer={self.hidden_state_skip_layer} outside 0..{layers}"
+            )
+
+    def chosen_layer(self, hidden_states: Sequence[torch.Tensor], norm: nn.Module) -> torch.Tensor:
+        """``hidden_states[-(skip + 1)]`` of a model's L + 1 hidden states [B, N, D], through the
+        model's final ``norm`` when ``apply_final_norm`` and skip > 0: as in the reference, the
+        last entry already carries the final norm, so only an earlier layer's output gets it."""
+        skip = self.hidden_state_skip_layer
+        states = hidden_states[-(skip + 1)]
+        if skip > 0 and self.apply_final_norm:
+            states = norm(states)
+        return states
 
 
 def llm_key(key: str) -> str | None:
@@ -121,11 +140,7 @@ class LLMTextEncoder:
         }
         # Reproduced quirk: the video template's crop_start sizes the window for both templates.
         self.max_length = settings.text_len + VIDEO_TEMPLATE.crop_start
-        layers = model.config.num_hidden_layers
-        if not 0 <= settings.hidden_state_skip_layer <= layers:
-            raise ValueError(
-                f"hidden_state_skip_layer={settings.hidden_state_skip_layer} outside 0..{layers}"
-            )
+        settings.check_layers(model.config.num_hidden_layers)
         if tokenizer.pad_token_id is None or len(tokenizer) > model.config.vocab_size:
             raise ValueError(
                 f"tokenizer ({len(tokenizer)} tokens, pad {tokenizer.pad_token_id}) does not fit "
@@ -171,13 +186,8 @@ class LLMTextEncoder:
             output_hidden_states=True,
             use_cache=False,
         )
-        hidden = out.hidden_states  # L+1 entries: embeddings, layer 1 .. layer L (last one normed)
-        skip = self.settings.hidden_state_skip_layer
-        states = hidden[-(skip + 1)]  # [B, N, D]
-        # As in the reference, the last entry already carries the final norm: apply it only to
-        # the output of an earlier layer.
-        if skip > 0 and self.settings.apply_final_norm:
-            states = self.model.norm(states)
+        # L+1 entries: embeddings, layer 1 .. layer L (last one normed)
+        states = self.settings.chosen_layer(out.hidden_states, self.model.norm)  # [B, N, D]
         return states[:, crop_start:], attention_mask[:, crop_start:]
 
     def encode(self, prompts: list[str], *, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
