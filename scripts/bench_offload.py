@@ -26,7 +26,6 @@ from hyvideo import compat
 from hyvideo.dit.config import DiTConfig
 from hyvideo.dit.loader import build_dit
 from hyvideo.runtime.offload import MODES, OffloadConfig, offload_components
-from hyvideo.runtime.offload.modes import is_accelerator
 
 
 def build(args) -> tuple[torch.nn.Module, tuple]:
@@ -65,7 +64,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     args = parser.parse_args()
     device = torch.device(args.device)
-    accelerator = is_accelerator(device)
+    accelerator = compat.is_accelerator(device)
     times = {m: [] for m in args.modes}
     peaks, outputs = {}, {}
     for _ in range(args.repeats):

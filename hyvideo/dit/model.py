@@ -68,6 +68,14 @@ class StepCache(Protocol):
             inputs: BlockInputs) -> torch.Tensor: ...
 
 
+def transformer_blocks(module: object) -> list[nn.Module]:
+    """The DiT's blocks in the order they run (double then single), or [] for other components."""
+    lists = [getattr(module, name, None) for name in ("double_blocks", "single_blocks")]
+    if not all(isinstance(blocks, nn.ModuleList) for blocks in lists):
+        return []
+    return [block for blocks in lists for block in blocks]
+
+
 class HYVideoDiffusionTransformer(nn.Module):
     """The DiT. Attribute names reproduce the official state-dict keys exactly.
 

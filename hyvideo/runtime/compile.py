@@ -18,11 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hyvideo.dit.model import transformer_blocks
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    return [*model.double_blocks, *model.single_blocks]
 
 
 def compile_blocks(model: nn.Module, *, mode: str = "default", dynamic: bool | None = True) -> int:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hyvideo import compat
+from hyvideo.dit.model import transformer_blocks
 from hyvideo.runtime.offload.arena import HostArena, aligned
 from hyvideo.runtime.offload.modes import ModelOffload, get_tensor, own_tensors, set_tensor
 
@@ -295,14 +296,6 @@ class BlockSwap:
         self._owner[slot] = None
         self._ready.pop(j, None)
         self.layouts[j].point_home()
-
-
-def transformer_blocks(module: object) -> list[nn.Module]:
-    """The DiT's blocks in the order they run (double then single), or [] for other components."""
-    lists = [getattr(module, name, None) for name in ("double_blocks", "single_blocks")]
-    if not all(isinstance(blocks, nn.ModuleList) for blocks in lists):
-        return []
-    return [block for blocks in lists for block in blocks]
 
 
 class BlockSwapOffload(ModelOffload):

@@ -18,11 +18,6 @@ from hyvideo.runtime.offload.config import OffloadConfig
 _CPU = torch.device("cpu")
 
 
-def is_accelerator(device: torch.device) -> bool:
-    """Whether ``device`` is this machine's accelerator (where pinning and streams apply)."""
-    return compat.is_accelerator(device)
-
-
 def component_modules(component) -> list[nn.Module]:
     if isinstance(component, nn.Module):
         return [component]
@@ -65,10 +60,6 @@ def to_device(obj, device: torch.device):
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     return obj
-
-
-def empty_cache(device: torch.device) -> None:
-    compat.empty_cache(device)
 
 
 def pack_host(roots: list[nn.Module], pinned: bool) -> HostArena:
@@ -135,7 +126,7 @@ class ModelOffload:
             yield
         finally:
             self._move(name, _CPU)
-            empty_cache(self.device)
+            compat.empty_cache(self.device)
 
     def describe(self) -> str:
         return OffloadConfig("model").describe() + f" ({self.device})"
@@ -157,7 +148,7 @@ class SequentialOffload:
     def __init__(self, components: dict[str, object], device: torch.device, *, pin_memory: bool = True):
         self.components = components
         self.device = torch.device(device)
-        self.pin = pin_memory and is_accelerator(self.device)
+        self.pin = pin_memory and compat.is_accelerator(self.device)
         self._handles: list = []
         self._homes: dict[nn.Module, list[torch.Tensor]] = {}
         self.resident = self.max_resident = 0
@@ -209,7 +200,7 @@ class SequentialOffload:
             yield
         finally:
             self.close()
-            empty_cache(self.device)
+            compat.empty_cache(self.device)
 
     def close(self) -> None:
         """Remove every hook and put any weights still on the device back in CPU memory."""
