@@ -29,7 +29,6 @@ from hyvideo.text.prompts import (
 from hyvideo.text.tokenizer import (
     build_llava_llama3_tokenizer,
     derive_crop_start,
-    llama3_tokenizer_json,
     load_clip_tokenizer,
     load_llm_tokenizer,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "derive_crop_start",
     "extract_text_encoder",
     "interleave_for",
-    "llama3_tokenizer_json",
     "load_clip_encoder",
     "load_clip_tokenizer",
     "load_i2v_text_encoders",

