@@ -296,12 +296,7 @@ def _check_kind(flag: str, path: Path | None, *, folder: bool) -> None:
 def check_paths_early(args: argparse.Namespace) -> None:
     """Every path flag names the right kind of thing and, for a released model, every file the
     load will read exists. Nothing here imports torch, so a wrong path is reported at once."""
-    from hyvideo.checkpoints.layouts import (
-        DIFFUSERS,
-        component_paths,
-        detect_layout,
-        diffusers_paths,
-    )
+    from hyvideo.checkpoints.layouts import check_files
     from hyvideo.pipeline.options import is_tiny
 
     _check_kind("--model-base", args.model_base, folder=True)
@@ -310,11 +305,7 @@ def check_paths_early(args: argparse.Namespace) -> None:
         _check_kind(flag, getattr(args, flag[2:].replace("-", "_")), folder=True)
     if is_tiny(args.model):
         return
-    paths = checkpoint_paths(args)
-    if not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution, paths.i2v) == DIFFUSERS:
-        diffusers_paths(paths)
-    else:
-        component_paths(paths)
+    check_files(checkpoint_paths(args))
 
 
 def load_options(args: argparse.Namespace):

@@ -156,3 +156,18 @@ def component_paths(paths: CheckpointPaths) -> ComponentPaths:
                 what == "dit" and paths.use_fp8) else ""
             raise CheckpointError(f"missing {what.replace('_', ' ')} at {path}{extra}: {DOWNLOAD_HINT}")
     return found
+
+
+def uses_diffusers(paths: CheckpointPaths) -> bool:
+    """The load reads the diffusers layout: not every path is overridden and ``model_base``
+    holds the diffusers folders (see :func:`detect_layout`)."""
+    return not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution,
+                                                      paths.i2v) == DIFFUSERS
+
+
+def check_files(paths: CheckpointPaths) -> None:
+    """Every file the load will read exists (CheckpointError naming the first missing one)."""
+    if uses_diffusers(paths):
+        diffusers_paths(paths)
+    else:
+        component_paths(paths)

@@ -1,7 +1,8 @@
 """Loading the components a pipeline is made of: the DiT, the VAE and the text encoders.
 
-Every path is checked before anything is loaded (:func:`check_paths`), so a missing download is
-reported in one line before minutes of loading. Runtime options (offload, caches, compile,
+Every path is checked before anything is loaded (the front doors call
+:func:`~hyvideo.checkpoints.layouts.check_files`), so a missing download is reported in one line
+before minutes of loading. Runtime options (offload, caches, compile,
 parallelism) are applied above this layer, by :mod:`hyvideo.runtime.build`.
 """
 
@@ -11,7 +12,7 @@ import logging
 
 import torch
 
-from hyvideo.checkpoints.layouts import DIFFUSERS, component_paths, detect_layout, diffusers_paths
+from hyvideo.checkpoints.layouts import component_paths, diffusers_paths, uses_diffusers
 from hyvideo.checkpoints.reading import CheckpointError
 from hyvideo.pipeline.options import LoadOptions, is_tiny
 from hyvideo.pipeline.types import Components
@@ -21,19 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def uses_diffusers_layout(opts: LoadOptions) -> bool:
-    paths = opts.paths
-    return not paths.all_overridden and detect_layout(paths.model_base, paths.model_resolution,
-                                                      paths.i2v) == DIFFUSERS
-
-
-def check_paths(opts: LoadOptions) -> None:
-    """Every file the load will read exists (CheckpointError naming the first missing one)."""
-    if is_tiny(opts.model):
-        return
-    if uses_diffusers_layout(opts):
-        diffusers_paths(opts.paths)
-    else:
-        component_paths(opts.paths)
+    return uses_diffusers(opts.paths)
 
 
 def load_components(opts: LoadOptions, device: torch.device, *, with_text: bool = True) -> Components:
