@@ -32,6 +32,7 @@ __all__ = [
     "block_mask_from_kv_blocks",
     "current_device",
     "current_stream",
+    "device_capability",
     "device_count",
     "empty_cache",
     "flex_block_mask_problem",
@@ -41,6 +42,7 @@ __all__ = [
     "needs_torch",
     "new_stream",
     "reset_peak_memory_stats",
+    "sdpa_priority_available",
     "set_device_index",
     "stream_context",
     "synchronize",
@@ -52,6 +54,7 @@ FLEX_SEQ_LENGTHS_TORCH = (2, 6)  # BlockMask.from_kv_blocks(seq_lengths=...)
 # torch.compile(dynamic=True) of the transformer blocks reuses its graphs for a new token count
 # from 2.6 on; 2.4 and 2.5 give the same numbers but compile again for each new size.
 DYNAMIC_COMPILE_TORCH = (2, 6)
+SDPA_PRIORITY_TORCH = (2, 6)  # sdpa_kernel(..., set_priority=True): SDPA's kernels tried in a given order
 
 DeviceLike = torch.device | str | int | None
 
@@ -272,6 +275,36 @@ def stream_context(stream: Any) -> contextlib.AbstractContextManager:
     if hasattr(type(stream), "__enter__"):
         return stream
     return _module(stream.device.type).stream(stream)
+
+
+# ---- device capability and attention kernels ---------------------------------------------------
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """The CUDA compute capability ``(major, minor)`` of ``device``, from its own backend module.
+
+    None on the CPU and meta devices, where the backend has no ``get_device_capability`` or cannot
+    answer, and on a ROCm build: HIP reports its gfx version through the same call (MI300 says
+    9.4), which is no CUDA capability. Only ``device.type`` is read.
+    """
+    if device.type in ("cpu", "meta") or torch.version.hip is not None:
+        return None
+    get_capability = getattr(getattr(torch, device.type, None), "get_device_capability", None)
+    if get_capability is None:
+        return None
+    try:
+        capability = get_capability(device)
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+    return capability if isinstance(capability, tuple) else None
+
+
+@functools.cache
+def sdpa_priority_available() -> bool:
+    """Whether SDPA's kernels can be put in an order (``sdpa_kernel(set_priority=...)``, torch >=
+    :data:`SDPA_PRIORITY_TORCH`)."""
+    from torch.nn.attention import sdpa_kernel
+
+    return "set_priority" in inspect.signature(sdpa_kernel).parameters
 
 
 # ---- flex attention ---------------------------------------------------------------------------

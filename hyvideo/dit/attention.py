@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,12 +105,9 @@ def flex_available() -> bool:
     return compat.flex_block_mask_problem() is None
 
 
-@functools.cache
 def cudnn_priority_available() -> bool:
     """Whether SDPA's kernels can be put in an order (cuDNN first): torch >= 2.6."""
-    from torch.nn.attention import sdpa_kernel
-
-    return "set_priority" in inspect.signature(sdpa_kernel).parameters
+    return compat.sdpa_priority_available()
 
 
 _INSTALL = {
@@ -121,7 +117,8 @@ _INSTALL = {
     "sage": (sage_available, "sageattention is not installed (pip install sageattention; CUDA only)"),
     "flex": (flex_available, compat.needs_torch("flex attention block masks",
                                                 compat.FLEX_SEQ_LENGTHS_TORCH)),
-    "cudnn": (cudnn_priority_available, compat.needs_torch("SDPA kernel priorities (cudnn first)", (2, 6))),
+    "cudnn": (cudnn_priority_available, compat.needs_torch("SDPA kernel priorities (cudnn first)",
+                                                  compat.SDPA_PRIORITY_TORCH)),
 }
 
 
@@ -139,19 +136,11 @@ def check_backend(backend: str) -> str:
 def is_hopper(device: torch.device) -> bool:
     """Whether ``device`` is an NVIDIA Hopper GPU (sm_90: H100, H200, GH200).
 
-    The capability comes from the device's own backend module; ROCm reports its gfx version
-    through the same call (MI300 says 9.4), so a HIP build is never Hopper.
+    The capability comes from the device's own backend module (:func:`hyvideo.compat.device_capability`);
+    a HIP build has none, so it is never Hopper.
     """
-    if device.type in ("cpu", "meta") or torch.version.hip is not None:
-        return False
-    get_capability = getattr(getattr(torch, device.type, None), "get_device_capability", None)
-    if get_capability is None:
-        return False
-    try:
-        capability = get_capability(device)
-    except (RuntimeError, AssertionError, ValueError):
-        return False
-    return isinstance(capability, tuple) and capability[0] == 9
+    capability = compat.device_capability(device)
+    return capability is not None and capability[0] == 9
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, *, uniform: bool) -> str:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hyvideo.dit.config import DiTConfig
-from hyvideo.dit.attention import AttentionGroups, check_backend
+from hyvideo.dit.attention import HALF_DTYPES, AttentionGroups, check_backend
 from hyvideo.dit.blocks import MMDoubleStreamBlock, MMSingleStreamBlock
 from hyvideo.dit.layers import FinalLayer, MLPEmbedder, PatchEmbed, TextProjection, TimestepEmbedder
 from hyvideo.dit.rope import rope_tables
@@ -133,7 +133,7 @@ class HYVideoDiffusionTransformer(nn.Module):
         layer's input cast up to its float32 weight. Nothing changes for a float32 model. Call
         again after changing the model's dtype.
         """
-        dtype = self.dtype if enabled and self.dtype in (torch.float16, torch.bfloat16) else None
+        dtype = self.dtype if enabled and self.dtype in HALF_DTYPES else None
         for module in self.modules():
             if hasattr(type(module), "autocast") and module is not self:
                 module.autocast = dtype

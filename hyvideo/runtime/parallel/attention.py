@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from hyvideo import compat
-from hyvideo.dit.attention import AttentionGroups, attention
+from hyvideo.dit.attention import HALF_DTYPES, AttentionGroups, attention
 from hyvideo.runtime.parallel.config import ParallelError
 from hyvideo.runtime.parallel.groups import ParallelState
 
@@ -70,7 +70,7 @@ def lse_kernel(device: torch.device, dtype: torch.dtype) -> str:
     fastest); the memory-efficient one otherwise (float32, which flash cannot compute)."""
     if device.type == "cpu":
         return "cpu"
-    return "flash" if dtype in (torch.float16, torch.bfloat16) else "efficient"
+    return "flash" if dtype in HALF_DTYPES else "efficient"
 
 
 def sdpa_with_lse(qt: torch.Tensor, kt: torch.Tensor, vt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
