@@ -99,7 +99,9 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
             cond: TextConditioning, *, negative: TextConditioning | None = None,
             cfg_scale: float = 1.0, embedded_cfg_scale: float | None = 6.0,
             callback: Callable[[StepInfo], None] | None = None,
-            step_cache: StepCache | None = None, predict: Predict = call_dit) -> torch.Tensor:
+            step_cache: StepCache | None = None, predict: Predict = call_dit,
+            hold: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            extra: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate the flow from noise to clean latents.
 
     Args:
@@ -114,6 +116,10 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
         step_cache: reset here at the start, told each step's index, handed to every DiT call,
             emptied at the end (its statistics stay readable).
         predict: how a batch is evaluated (sequence and CFG parallelism supply their own).
+        hold: applied to the latents before each DiT call and after each step (image-to-video's
+            ``token_replace`` keeps the image in frame 0 so).
+        extra: [B, C', T, H, W] channels concatenated after the latents on dim 1 for the DiT's
+            input only (image-to-video's ``latent_concat``).
     Returns:
         [B, C, T, H, W] float32 final latents.
     """
@@ -129,9 +135,14 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
             if cache is not None:
                 cache.start_step(k)
             t = timesteps[k].repeat(rows)  # float32 [rows]
-            x = torch.cat([latents] * 2) if use_cfg else latents
+            if hold is not None:
+                latents = hold(latents)
+            x = latents if extra is None else torch.cat([latents, extra], dim=1)
+            x = torch.cat([x] * 2) if use_cfg else x
             out = predict(dit, x, t, states, mask, pooled, guidance, cfg_pair=use_cfg, step_cache=cache)
             latents = schedule.step(k, latents, apply_cfg(out, cfg_scale, use_cfg))
+            if hold is not None:
+                latents = hold(latents)
             if callback is not None:
                 callback(StepInfo(k, schedule.steps, t, guidance, out, latents))
     return latents

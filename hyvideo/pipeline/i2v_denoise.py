@@ -10,19 +10,19 @@ the VAE's scaling factor. Two conditioning types, as the DiT's ``config.i2v_cond
 * ``latent_concat`` (the first release): the DiT's input is ``cat([latents, image latent on frame 0
   and zeros after, mask 1 on frame 0 and 0 after], dim=1)`` (33 channels); every frame is stepped.
 
-Classifier-free guidance, embedded guidance, the per-step callback, the step cache and
-``predict`` work exactly as in ``denoise()``, so the runtime's executions (offload, CFG and
-sequence parallelism) drive this loop unchanged.
+The loop is ``denoise()``'s (with its ``hold`` and ``extra``), so classifier-free guidance,
+embedded guidance, the per-step callback, the step cache and ``predict`` work exactly as there,
+and the runtime's executions (offload, CFG and sequence parallelism) drive it unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
-from hyvideo.pipeline.denoise import (Predict, StepCache, apply_cfg, cache_generation, call_dit,
-                                      dit_guidance, text_batch)
+from hyvideo.pipeline.denoise import Predict, StepCache, call_dit, denoise
 from hyvideo.pipeline.scheduler import FlowMatchSchedule
 from hyvideo.pipeline.types import StepInfo
 from hyvideo.text.conditioning import TextConditioning
@@ -102,27 +102,12 @@ def denoise_i2v(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatch
         [B, C, T, H, W] float32 final latents (``token_replace``: frame 0 is ``img_latents``).
     """
     kind = check_i2v_inputs(dit, latents, img_latents, condition_type)
-    use_cfg = cfg_scale > 1.0
-    states, mask, pooled = text_batch(cond, negative, latents.shape[0], use_cfg)
-    rows = states.shape[0]
-    guidance = dit_guidance(dit, embedded_cfg_scale, rows, latents.device)
     latents = latents.float()
     img = img_latents.float().to(latents.device)
-    extra = latent_concat_condition(img, latents.shape) if kind == "latent_concat" else None
-    timesteps = schedule.timesteps.to(latents.device)
-    with cache_generation(step_cache, schedule.steps):
-        for k in range(schedule.steps):
-            if step_cache is not None:
-                step_cache.start_step(k)
-            t = timesteps[k].repeat(rows)  # float32 [rows]
-            if extra is None:
-                latents = with_first_frame(latents, img)
-            x = latents if extra is None else torch.cat([latents, extra], dim=1)
-            x = torch.cat([x] * 2) if use_cfg else x
-            out = predict(dit, x, t, states, mask, pooled, guidance, cfg_pair=use_cfg, step_cache=step_cache)
-            latents = schedule.step(k, latents, apply_cfg(out, cfg_scale, use_cfg))
-            if extra is None:  # token_replace steps frames 1.. only
-                latents = with_first_frame(latents, img)
-            if callback is not None:
-                callback(StepInfo(k, schedule.steps, t, guidance, out, latents))
-    return latents
+    if kind == "latent_concat":  # every frame is stepped; the image rides in extra channels
+        hold, extra = None, latent_concat_condition(img, latents.shape)
+    else:  # token_replace steps frames 1.. only
+        hold, extra = functools.partial(with_first_frame, img_latents=img), None
+    return denoise(dit, latents, schedule, cond, negative=negative, cfg_scale=cfg_scale,
+                   embedded_cfg_scale=embedded_cfg_scale, callback=callback, step_cache=step_cache,
+                   predict=predict, hold=hold, extra=extra)
