@@ -265,10 +265,8 @@ RUNTIME_FLAGS = ("device", "cache", "cache_threshold", "compile", "compile_mode"
 
 def runtime_flags_given(args: argparse.Namespace) -> bool:
     """A runtime flag was given, or this process runs under torchrun."""
-    import os
-
     given = getattr(args, "given_flags", frozenset(RUNTIME_FLAGS))
-    return bool(given & set(RUNTIME_FLAGS)) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return bool(given & set(RUNTIME_FLAGS)) or world_size() > 1
 
 
 def checkpoint_paths(args: argparse.Namespace):
@@ -454,6 +452,28 @@ def check_output_folder(path: Path, flag: str) -> None:
         raise ValueError(f"{flag} {path} is not writable; choose another folder")
 
 
+def world_size() -> int:
+    """How many processes torchrun started (1 without torchrun)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_rank() -> bool:
+    """This process is rank 0 (always, without torchrun): the one that writes files."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_runtime(args: argparse.Namespace, load, cfg_scale: float):
+    """The speed and memory flags as RuntimeOptions, checked against ``load``, and the torchrun
+    layout (None for one process). -> (runtime, parallel config)"""
+    runtime = runtime_options(args)
+    runtime.check(load)
+    return runtime, parallel_config(args, world_size(), cfg_scale)
+
+
 def parallel_config(args: argparse.Namespace, world: int, cfg_scale: float):
     """The parallel layout from the degrees and torchrun's WORLD_SIZE; None for one process.
 
@@ -469,6 +489,31 @@ def parallel_config(args: argparse.Namespace, world: int, cfg_scale: float):
     if world == 1 and sp == 1:
         return None
     return ParallelConfig(args.ulysses_degree, args.ring_degree, 2 if cfg_scale > 1 and world == 2 * sp else 1)
+
+
+def check_split(config, variant, sizes) -> None:
+    """Under torchrun: the degrees split every ``(frames, height, width)`` of ``sizes`` over the
+    processes (ParallelError, in one line, otherwise)."""
+    from hyvideo.runtime.parallel.config import check_degrees
+
+    for video_length, height, width in sizes:
+        check_degrees(config, world_size=world_size(), geometry=variant.geometry, video_length=video_length,
+                      height=height, width=width)
+
+
+def join_parallel(config, runtime):
+    """Under torchrun: join the group on this rank's device (the rank's own unless --device
+    says otherwise). -> (parallel state or None, runtime)"""
+    if config is None:
+        return None, runtime
+    import dataclasses
+    import os
+
+    from hyvideo.runtime.build import device_for_rank
+
+    if runtime.device is None:
+        runtime = dataclasses.replace(runtime, device=device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
+    return start_parallel(config, runtime.resolved_device()), runtime
 
 
 def start_parallel(config, device):

@@ -119,14 +119,3 @@ class ImageCache:
         fields = {**request.settings(), "height": image.height, "width": image.width}
         return I2VRequest(**fields, image=image, i2v_stability=self.stability)
 
-
-def check_sizes(requests: list, config, variant) -> None:
-    """Under torchrun: every image's size must split over the ranks (one line otherwise)."""
-    import os
-
-    from hyvideo.runtime.parallel.config import check_degrees
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    for request in requests:
-        check_degrees(config, world_size=world, geometry=variant.geometry, video_length=request.video_length,
-                      height=request.height, width=request.width)

@@ -12,7 +12,6 @@ file is checked before any model loads; bad input gets one line on stderr and ex
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import random
@@ -165,7 +164,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     fields = sampling_fields(args, variant)
     cli.rewrite_options(args, None)  # the rewrite flags now; the rewrite itself runs last
     checked = check_runtime(args, load, variant, fields) if cli.runtime_flags_given(args) else None
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    main_rank = cli.is_main_rank()
     save_path = save_path_of(args)
     jobs = []
     if main_rank:
@@ -173,9 +172,12 @@ def prepare(args: argparse.Namespace) -> Plan:
         jobs = make_jobs(args, variant, fields, save_path)
     cli.check_paths_early(args)
     runtime, config = checked or check_runtime(args, load, variant, fields)
-    if config is not None and variant.is_i2v:
-        i2v_cli.check_sizes([job.request for job in jobs], config, variant)
-    parallel, runtime = join_parallel(args, config, runtime)
+    if config is not None and variant.is_i2v:  # every image's size must split over the ranks
+        cli.check_split(config, variant, [(job.request.video_length, job.request.height, job.request.width)
+                                          for job in jobs])
+    parallel, runtime = cli.join_parallel(config, runtime)
+    if parallel is not None and not main_rank:
+        args.quiet = True
     if jobs and main_rank:
         jobs = begin(args, save_path, jobs)
     if parallel is not None:  # every rank runs the same jobs with the same seeds
@@ -253,30 +255,11 @@ def sampling_fields(args: argparse.Namespace, variant) -> dict:
 def check_runtime(args: argparse.Namespace, load, variant, fields: dict):
     """The speed and memory flags as RuntimeOptions, and the torchrun layout (None for one
     process) with its degrees checked for the size. -> (runtime, parallel config)"""
-    from hyvideo.runtime.parallel.config import check_degrees
-
-    runtime = cli.runtime_options(args)
-    runtime.check(load)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg_scale = variant.sampling.cfg_scale if fields["cfg_scale"] is None else fields["cfg_scale"]
-    config = cli.parallel_config(args, world, cfg_scale)
-    if config is not None and not variant.is_i2v:  # image to video: each image's size, in make_jobs
-        check_degrees(config, world_size=world, geometry=variant.geometry, video_length=fields["video_length"],
-                      height=fields["height"], width=fields["width"])
+    runtime, config = cli.check_runtime(args, load, cfg_scale)
+    if config is not None and not variant.is_i2v:  # image to video: each image's size, in prepare
+        cli.check_split(config, variant, [(fields["video_length"], fields["height"], fields["width"])])
     return runtime, config
-
-
-def join_parallel(args: argparse.Namespace, config, runtime):
-    """Under torchrun: join the group on this rank's device. -> (state or None, runtime)"""
-    if config is None:
-        return None, runtime
-    from hyvideo.runtime.build import device_for_rank
-
-    if runtime.device is None:
-        runtime = dataclasses.replace(runtime, device=device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
-    if int(os.environ.get("RANK", "0")) != 0:
-        args.quiet = True
-    return cli.start_parallel(config, runtime.resolved_device()), runtime
 
 
 def make_jobs(args: argparse.Namespace, variant, fields: dict, save_path: Path) -> list[Job]:

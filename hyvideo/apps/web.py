@@ -145,27 +145,16 @@ def prepare(args: argparse.Namespace):
     cli.check_flags_used(args)
     load = cli.load_options(args)
     variant = load_variant(args.model)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if cli.is_main_rank():
         cli.check_output_folder(args.output_dir, "--output-dir")
         check_port_free(args.server_name, args.server_port)
     cli.check_paths_early(args)
-    from hyvideo.runtime.build import device_for_rank
-    from hyvideo.runtime.parallel.config import check_degrees
-
-    runtime = cli.runtime_options(args)
-    runtime.check(load)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    config = cli.parallel_config(args, world, variant.sampling.cfg_scale)
-    if config is None:
-        return load, runtime, None
     s = variant.sampling
-    check_degrees(config, world_size=world, geometry=variant.geometry, video_length=s.video_length,
-                  height=s.height, width=s.width)
-    if runtime.device is None:
-        import dataclasses
-
-        runtime = dataclasses.replace(runtime, device=device_for_rank(int(os.environ.get("LOCAL_RANK", "0"))))
-    return load, runtime, cli.start_parallel(config, runtime.resolved_device())
+    runtime, config = cli.check_runtime(args, load, s.cfg_scale)
+    if config is not None:
+        cli.check_split(config, variant, [(s.video_length, s.height, s.width)])
+    state, runtime = cli.join_parallel(config, runtime)
+    return load, runtime, state
 
 
 def serve(args: argparse.Namespace, load, runtime, state) -> int:
