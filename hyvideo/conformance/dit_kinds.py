@@ -28,16 +28,35 @@ def dit_config(case_config: dict[str, Any], settings: dict[str, Any]) -> DiTConf
     return DiTConfig.from_dict(cfg)
 
 
-def _forward(case: Case, weights_file: str, attention: str, device: str) -> dict[str, torch.Tensor]:
-    config = dit_config(case.config, case.settings)
-    model = load_dit(case.path / weights_file, config, dtype=torch.float32, device=device,
-                     attention_backend=attention)
-    names = ("x", "t", "text_states", "text_mask", "text_states_2")
-    inputs = [case[n].to(device) for n in names]
+DIT_INPUTS = ("x", "t", "text_states", "text_mask", "text_states_2")
+
+
+def load_case_dit(case: Case, weights_file: str, attention: str, device: str,
+                  config: DiTConfig | None = None):
+    """The case's DiT from ``weights_file`` in float32, with ``config`` (default: the case's)."""
+    if config is None:
+        config = dit_config(case.config, case.settings)
+    return load_dit(case.path / weights_file, config, dtype=torch.float32, device=device,
+                    attention_backend=attention)
+
+
+def dit_forward(model, case: Case, device: str) -> torch.Tensor:
+    """One DiT forward on the case's inputs (and its ``guidance`` when it has one)."""
+    inputs = [case[n].to(device) for n in DIT_INPUTS]
     guidance = case["guidance"].to(device) if "guidance" in case else None
     with torch.inference_mode():
-        out = model(*inputs, guidance)
-    return {"out.x": out}
+        return model(*inputs, guidance)
+
+
+def case_conditioning(case: Case, prefix: str, device: str) -> TextConditioning:
+    """The case's ``{prefix}prompt_embeds``, ``_mask`` and ``_embeds_2`` as a TextConditioning."""
+    return TextConditioning(case[f"{prefix}prompt_embeds"].to(device),
+                            case[f"{prefix}prompt_mask"].to(device),
+                            case[f"{prefix}prompt_embeds_2"].to(device))
+
+
+def _forward(case: Case, weights_file: str, attention: str, device: str) -> dict[str, torch.Tensor]:
+    return {"out.x": dit_forward(load_case_dit(case, weights_file, attention, device), case, device)}
 
 
 def run_dit(case: Case, attention: str = "sdpa", device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -83,17 +102,10 @@ def run_scheduler(case: Case) -> dict[str, torch.Tensor]:
 
 def run_sampling(case: Case, attention: str = "sdpa", device: str = "cpu") -> dict[str, torch.Tensor]:
     s = case.settings
-    config = dit_config(case.config, s)
-    model = load_dit(case.path / "weights.safetensors", config, dtype=torch.float32, device=device,
-                     attention_backend=attention)
+    model = load_case_dit(case, "weights.safetensors", attention, device)
     schedule = FlowMatchSchedule.create(s["num_inference_steps"], s["flow_shift"], s["flow_reverse"])
-    def conditioning(prefix: str) -> TextConditioning:
-        return TextConditioning(case[f"{prefix}prompt_embeds"].to(device),
-                                case[f"{prefix}prompt_mask"].to(device),
-                                case[f"{prefix}prompt_embeds_2"].to(device))
-
-    cond = conditioning("")
-    negative = conditioning("negative_") if "negative_prompt_embeds" in case else None
+    cond = case_conditioning(case, "", device)
+    negative = case_conditioning(case, "negative_", device) if "negative_prompt_embeds" in case else None
     out: dict[str, torch.Tensor] = {"timesteps": schedule.timesteps, "sigmas": schedule.sigmas}
 
     def record(info: StepInfo) -> None:

@@ -10,17 +10,19 @@ from typing import Any
 import torch
 
 from hyvideo.conformance.core import Case
-from hyvideo.conformance.dit_kinds import check_dit_manifest, dit_config
+from hyvideo.conformance.dit_kinds import (
+    case_conditioning,
+    check_dit_manifest,
+    dit_config,
+    dit_forward,
+    load_case_dit,
+)
 from hyvideo.dit.config import DiTConfig
-from hyvideo.dit.loader import load_dit
 from hyvideo.dit.lora import fuse_lora, load_lora
 from hyvideo.pipeline.denoise import call_dit
 from hyvideo.pipeline.i2v_denoise import denoise_i2v, i2v_start
 from hyvideo.pipeline.scheduler import FlowMatchSchedule
 from hyvideo.pipeline.types import StepInfo
-from hyvideo.text.conditioning import TextConditioning
-
-DIT_INPUTS = ("x", "t", "text_states", "text_mask", "text_states_2")
 
 
 def i2v_config(case_config: dict[str, Any], settings: dict[str, Any]) -> DiTConfig:
@@ -30,9 +32,8 @@ def i2v_config(case_config: dict[str, Any], settings: dict[str, Any]) -> DiTConf
 
 
 def _load(case: Case, attention: str, device: str):
-    config = i2v_config(case.config, case.settings)
-    return load_dit(case.path / "weights.safetensors", config, dtype=torch.float32, device=device,
-                    attention_backend=attention)
+    return load_case_dit(case, "weights.safetensors", attention, device,
+                         config=i2v_config(case.config, case.settings))
 
 
 def _check_first_frame(model, case: Case) -> None:
@@ -44,30 +45,17 @@ def _check_first_frame(model, case: Case) -> None:
             raise ValueError(f"first_frame_token_num {want} != H'*W' = {h * w}")
 
 
-def _forward(model, case: Case, device: str) -> torch.Tensor:
-    inputs = [case[n].to(device) for n in DIT_INPUTS]
-    guidance = case["guidance"].to(device) if "guidance" in case else None
-    with torch.inference_mode():
-        return model(*inputs, guidance)
-
-
 def run_dit_i2v(case: Case, attention: str = "sdpa", device: str = "cpu") -> dict[str, torch.Tensor]:
     model = _load(case, attention, device)
     _check_first_frame(model, case)
-    return {"out.x": _forward(model, case, device)}
-
-
-def _conditioning(case: Case, prefix: str, device: str) -> TextConditioning:
-    return TextConditioning(case[f"{prefix}prompt_embeds"].to(device),
-                            case[f"{prefix}prompt_mask"].to(device),
-                            case[f"{prefix}prompt_embeds_2"].to(device))
+    return {"out.x": dit_forward(model, case, device)}
 
 
 def run_sampling_i2v(case: Case, attention: str = "sdpa", device: str = "cpu") -> dict[str, torch.Tensor]:
     s = case.settings
     model = _load(case, attention, device)
     schedule = FlowMatchSchedule.create(s["num_inference_steps"], s["flow_shift"], s["flow_reverse"])
-    negative = _conditioning(case, "negative_", device) if "negative_prompt_embeds" in case else None
+    negative = case_conditioning(case, "negative_", device) if "negative_prompt_embeds" in case else None
     out: dict[str, torch.Tensor] = {"timesteps": schedule.timesteps, "sigmas": schedule.sigmas}
     inputs: list[torch.Tensor] = []
 
@@ -88,7 +76,7 @@ def run_sampling_i2v(case: Case, attention: str = "sdpa", device: str = "cpu") -
     with torch.inference_mode():
         latents = i2v_start(case["init_noise"].to(device), img, stability=bool(s.get("i2v_stability")))
         out["final_latents"] = denoise_i2v(
-            model, latents, schedule, _conditioning(case, "", device), img,
+            model, latents, schedule, case_conditioning(case, "", device), img,
             condition_type=s["i2v_condition_type"], negative=negative,
             cfg_scale=float(s.get("cfg_scale", 1.0)), embedded_cfg_scale=s.get("embedded_guidance_scale"),
             callback=record, predict=predict,
@@ -104,7 +92,7 @@ def run_lora_i2v(case: Case, attention: str = "sdpa", device: str = "cpu") -> di
     fuse_lora(model, lora, float(case.settings["lora_scale"]), restorable=False)
     out = {f"merged.{name}.weight": model.get_submodule(name).weight.detach().float()
            for name in lora.layers}
-    out["out.x"] = _forward(model, case, device)
+    out["out.x"] = dit_forward(model, case, device)
     return out
 
 

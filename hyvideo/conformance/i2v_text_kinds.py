@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, LlavaForConditionalGeneration
 
 from hyvideo.conformance.core import Case
-from hyvideo.conformance.text_kinds import reference_tokenizer
+from hyvideo.conformance.text_kinds import first_mismatch, reference_tokenizer, template_token_ids
 from hyvideo.pipeline.image_input import (
     I2V_RESOLUTIONS,
     bucket_for,
@@ -85,16 +85,9 @@ def _run_image(case: Case, run: str, spec: dict) -> Image.Image:
 
 
 def _check_inputs(case: Case, run: str, got: dict[str, torch.Tensor]) -> None:
-    for suffix, tensor in got.items():
-        name = f"{run}.{suffix}"
-        if name not in case:
-            continue
-        expected = case[name]
-        same = (tensor.shape == expected.shape and
-                (torch.equal(tensor, expected) if not expected.is_floating_point()
-                 else float((tensor - expected).abs().max()) <= _PIXEL_ATOL))
-        if not same:
-            raise AssertionError(f"{name}: our tokenizer / image processor differs from the case")
+    name = first_mismatch(case, run, got, atol=_PIXEL_ATOL)
+    if name is not None:
+        raise AssertionError(f"{name}: our tokenizer / image processor differs from the case")
 
 
 def run_text_encoder_llava_image(case: Case) -> dict[str, torch.Tensor]:
@@ -122,22 +115,21 @@ def run_prompt_template_i2v(case: Case) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, spec in case.settings["token_ids"].items():
         template = I2V_PROMPT_TEMPLATES[name]
-        if template.template != spec["template"]:
-            raise AssertionError(f"template {name!r} differs from the reference's")
+        prompts = spec["prompts"]
+        ids = template_token_ids(tokenizer, name, template, spec["template"],
+                                 {key: prompt["text"] for key, prompt in prompts.items()})
         for key, value in spec["constants"].items():
             if getattr(template, key) != value:
                 raise AssertionError(
                     f"{name}: constant {key} is {getattr(template, key)}, not {value}")
-        prefix = tokenizer(template.prefix)["input_ids"]
-        if len(prefix) != spec["prefix_token_count_including_bos"]:
-            raise AssertionError(f"{name}: {len(prefix)} prefix tokens")
-        out[f"{name}.prefix_ids"] = torch.tensor(prefix, dtype=torch.int64)
-        for key, prompt in spec["prompts"].items():
-            ids = tokenizer(template.format(prompt["text"]))["input_ids"]
-            if (_positions(ids, template.double_return_token_id) != prompt["positions_of_271"]
-                    or _positions(ids, image_id) != [prompt["position_of_image_token"]]):
+        if len(ids[f"{name}.prefix_ids"]) != spec["prefix_token_count_including_bos"]:
+            raise AssertionError(f"{name}: {len(ids[f'{name}.prefix_ids'])} prefix tokens")
+        for key, prompt in prompts.items():
+            tokens = ids[f"{name}.{key}.input_ids"].tolist()
+            if (_positions(tokens, template.double_return_token_id) != prompt["positions_of_271"]
+                    or _positions(tokens, image_id) != [prompt["position_of_image_token"]]):
                 raise AssertionError(f"{name}.{key}: positions of 271 / <image> differ")
-            out[f"{name}.{key}.input_ids"] = torch.tensor(ids, dtype=torch.int64)
+        out.update(ids)
     if I2V_VIDEO_TEMPLATE.name not in case.settings["token_ids"]:
         raise AssertionError("the case lacks the I2V video template")
     return out

@@ -22,7 +22,9 @@ __all__ = [
     "run_text_encoder_clip",
     "run_prompt_template",
     "check_text_encoder_manifest",
+    "first_mismatch",
     "reference_tokenizer",
+    "template_token_ids",
 ]
 
 _VIDEO_FRAMES = 129  # any count > 1 selects the video template
@@ -37,12 +39,39 @@ def reference_tokenizer() -> PreTrainedTokenizerFast:
     return build_llava_llama3_tokenizer()
 
 
+def first_mismatch(case: Case, run: str, got: dict[str, torch.Tensor],
+                   atol: float = 0.0) -> str | None:
+    """The first ``{run}.{suffix}`` the case holds that ``got[suffix]`` does not reproduce
+    (integer tensors exactly, floating ones within ``atol``); None when every one matches."""
+    for suffix, tensor in got.items():
+        name = f"{run}.{suffix}"
+        if name not in case:
+            continue
+        expected, tensor = case[name], tensor.cpu()
+        if torch.equal(tensor, expected):
+            continue
+        if not (expected.is_floating_point() and tensor.shape == expected.shape
+                and float((tensor - expected).abs().max()) <= atol):
+            return name
+    return None
+
+
 def _ids_match(case: Case, run: str, ids: torch.Tensor, mask: torch.Tensor) -> bool:
-    names = (f"{run}.input_ids", f"{run}.tokenizer_attention_mask")
-    return all(
-        n not in case or torch.equal(t.cpu(), case[n])
-        for n, t in zip(names, (ids, mask), strict=True)
-    )
+    return first_mismatch(case, run, {"input_ids": ids, "tokenizer_attention_mask": mask}) is None
+
+
+def template_token_ids(tokenizer, name: str, template, reference: str,
+                       prompts: dict[str, str]) -> dict[str, torch.Tensor]:
+    """``{name}.prefix_ids`` and, per prompt, ``{name}.{key}.input_ids`` [N] int64 through
+    ``template``, once its string is checked against the ``reference`` one."""
+    if template.template != reference:
+        raise AssertionError(f"template {name!r} differs from the reference's")
+    out = {f"{name}.prefix_ids": torch.tensor(tokenizer(template.prefix)["input_ids"],
+                                              dtype=torch.int64)}
+    for key, text in prompts.items():
+        ids = tokenizer(template.format(text))["input_ids"]
+        out[f"{name}.{key}.input_ids"] = torch.tensor(ids, dtype=torch.int64)
+    return out
 
 
 def _prompts(case: Case, run: str, prompts: list[str], tokenize) -> list[str]:
@@ -112,17 +141,15 @@ def run_text_encoder_clip(case: Case) -> dict[str, torch.Tensor]:
 def run_prompt_template(case: Case) -> dict[str, torch.Tensor]:
     tokenizer = reference_tokenizer()
     out: dict[str, torch.Tensor] = {}
+    prompts = {f"prompt{i}": prompt for i, prompt in enumerate(case.settings["prompts"])}
     for name, spec in case.config["templates"].items():
         template = PROMPT_TEMPLATES[name]
-        if template.template != spec["template"] or template.crop_start != spec["crop_start"]:
+        if template.crop_start != spec["crop_start"]:
             raise AssertionError(f"template {name!r} differs from the reference's")
-        prefix = tokenizer(template.prefix)["input_ids"]
-        if len(prefix) != derive_crop_start(tokenizer, template):
+        ids = template_token_ids(tokenizer, name, template, spec["template"], prompts)
+        if len(ids[f"{name}.prefix_ids"]) != derive_crop_start(tokenizer, template):
             raise AssertionError(f"{name}: prefix length and derived crop_start disagree")
-        out[f"{name}.prefix_ids"] = torch.tensor(prefix, dtype=torch.int64)
-        for i, prompt in enumerate(case.settings["prompts"]):
-            ids = tokenizer(template.format(prompt))["input_ids"]
-            out[f"{name}.prompt{i}.input_ids"] = torch.tensor(ids, dtype=torch.int64)
+        out.update(ids)
     return out
 
 
