@@ -65,6 +65,13 @@ def gated_tokens(residual: torch.Tensor, update: torch.Tensor, gate: torch.Tenso
     return out
 
 
+def first_frame_mods(modulation: Modulation, first_vec: torch.Tensor | None,
+                     first_tokens: int) -> list[Mod | None]:
+    """``modulation(first_vec)`` when some tokens are frame-0 tokens (token_replace), else one
+    None per triple."""
+    return modulation(first_vec) if first_vec is not None and first_tokens else [None] * modulation.triples
+
+
 class MMDoubleStreamBlock(nn.Module):
     """Image and text streams with their own weights, joined only in attention."""
 
@@ -115,7 +122,7 @@ class MMDoubleStreamBlock(nn.Module):
 
     def first_mods(self, first_vec: torch.Tensor | None, first_tokens: int) -> list[Mod | None]:
         """``img_mod(first_vec)`` when some image tokens are frame-0 tokens, else two Nones."""
-        return self.img_mod(first_vec) if first_vec is not None and first_tokens else [None, None]
+        return first_frame_mods(self.img_mod, first_vec, first_tokens)
 
     def modulated_img(self, img: torch.Tensor, vec: torch.Tensor, first_vec: torch.Tensor | None = None,
                       first_tokens: int = 0) -> torch.Tensor:
@@ -155,7 +162,7 @@ class MMSingleStreamBlock(nn.Module):
         """x [B, N+L, C] (image tokens first) -> [B, N+L, C]. token_replace: ``first_vec``
         modulates positions ``:first_tokens`` of the fused sequence, ``vec`` all the others."""
         (mod,) = self.modulation(vec)
-        first = self.modulation(first_vec)[0] if first_vec is not None and first_tokens else None
+        (first,) = first_frame_mods(self.modulation, first_vec, first_tokens)
         h = self.linear1(lowered(modulate_tokens(x, mod, first, first_tokens, self.autocast), self.autocast))
         qkv, mlp = h.split([3 * self.hidden, self.mlp_hidden], dim=-1)
         q, k, v = split_heads(qkv, self.heads, self.q_norm, self.k_norm, rope, n_img)

@@ -179,13 +179,14 @@ class HYVideoDiffusionTransformer(nn.Module):
         """
         grid = self.token_grid(tuple(x.shape[2:]))
         rope = rope if rope is not None else self.rope(tuple(x.shape[2:]), device=x.device)
-        vec = self.conditioning_vector(t, text_states_2, guidance)  # [B, C]
+        pooled = self.vector_in(text_states_2.to(self.dtype))  # [B, C], shared with token_replace
+        vec = self.conditioning_vector(t, pooled, guidance)  # [B, C]
         img = self.img_in(x.to(self.dtype))  # [B, N, C]
         first_row = 0
         if token_split is not None:  # this rank's chunk: [B, N/P, C] and its RoPE rows
             first_row = token_split.first_row(img.shape[1])
             img, rope = token_split.scatter(img, rope)
-        first_frame = self.first_frame(t, text_states_2, grid, first_row, img.shape[1])
+        first_frame = self.first_frame(t, text_states_2, grid, first_row, img.shape[1], pooled=pooled)
         txt, mask = self.text_tokens(text_states, text_mask, t)  # [B, L', C], [B, L'] or None
         groups = AttentionGroups.from_text_mask(img.shape[1], mask, txt.shape[1])
         inputs = BlockInputs(vec, rope, groups, self.attention_backend, (), first_frame)
@@ -201,10 +202,11 @@ class HYVideoDiffusionTransformer(nn.Module):
             out = token_split.gather(out)  # the one gather per forward
         return self.unpatchify(out, grid)
 
-    def conditioning_vector(self, t: torch.Tensor, text_states_2: torch.Tensor,
+    def conditioning_vector(self, t: torch.Tensor, pooled: torch.Tensor,
                             guidance: torch.Tensor | None) -> torch.Tensor:
-        """vec [B, C] = time_in(t) + vector_in(pooled CLIP) [+ guidance_in(guidance)]."""
-        vec = self.time_in(t) + self.vector_in(text_states_2.to(self.dtype))
+        """vec [B, C] = time_in(t) + pooled [+ guidance_in(guidance)], where ``pooled`` is
+        vector_in(pooled CLIP) [B, C]."""
+        vec = self.time_in(t) + pooled
         if self.guidance_in is not None:
             if guidance is None:
                 raise ValueError("this model embeds guidance: pass guidance (embedded_cfg_scale*1000)")
@@ -212,18 +214,20 @@ class HYVideoDiffusionTransformer(nn.Module):
         return vec
 
     def first_frame(self, t: torch.Tensor, text_states_2: torch.Tensor, grid: tuple[int, int, int],
-                    first_row: int, num_local: int) -> FirstFrame | None:
+                    first_row: int, num_local: int, *, pooled: torch.Tensor | None = None) -> FirstFrame | None:
         """token_replace (I2V): ``token_replace_vec = time_in(0) + vector_in(pooled CLIP)`` -- no
         guidance term -- and how many of this process's image tokens (rows ``first_row`` on, of
         ``num_local``) lie in latent frame 0 (the first H'*W' tokens: they run t-major).
-        None for other models, or when none of this process's tokens is a frame-0 token."""
+        None for other models, or when none of this process's tokens is a frame-0 token.
+        ``pooled``: vector_in(text_states_2) when the caller has it already."""
         if self.config.i2v_condition_type != "token_replace":
             return None
         tokens = min(max(grid[1] * grid[2] - first_row, 0), num_local)
         if tokens == 0:
             return None
-        vec = self.time_in(torch.zeros_like(t)) + self.vector_in(text_states_2.to(self.dtype))
-        return FirstFrame(vec, tokens)
+        if pooled is None:
+            pooled = self.vector_in(text_states_2.to(self.dtype))
+        return FirstFrame(self.time_in(torch.zeros_like(t)) + pooled, tokens)
 
     def text_tokens(self, text_states: torch.Tensor, text_mask: torch.Tensor | None,
                     t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
