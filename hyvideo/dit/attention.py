@@ -296,8 +296,12 @@ def _sage(q, k, v, first_lens: tuple[int, ...], uniform: bool) -> torch.Tensor:
     return out.reshape(b, s, h, d)
 
 
+@functools.lru_cache(maxsize=8)
 def _varlen_bounds(first_lens: tuple[int, ...], s: int, device) -> tuple[torch.Tensor, int]:
-    """The reference's cu_seqlens over the flattened batch, and the longest group."""
+    """The reference's cu_seqlens over the flattened batch, and the longest group.
+
+    Every block of a forward asks for the same bounds: cached (as :func:`group_block_mask`), so
+    the host-to-device copy happens once, not once per block. The kernels only read ``cu``."""
     lens = [n for f in first_lens for n in (f, s - f)]
     return AttentionGroups(first_lens, s).cu_seqlens(device), max(lens)
 
