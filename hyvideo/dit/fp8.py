@@ -317,43 +317,55 @@ def disable_fp8_matmul(model: nn.Module) -> None:
         layer.matmul, layer.matmul_fallback, layer.matmul_notes = False, None, ()
 
 
+@dataclass(frozen=True)
+class _MatmulState:
+    """What :func:`fp8_matmul_report` and :func:`fp8_matmul_summary` read off the FP8 layers."""
+
+    layers: int
+    enabled: bool  # some layer uses float8 matmul, or was asked to and fell back
+    used: list[FP8Linear]
+    weight_only: dict[str, list[str]]  # reason -> names of the layers on the weight-only path
+    scales: list[str]  # activation scales in use, sorted
+    notes: list[str]  # changes from the request, sorted
+
+
+def _matmul_state(model: nn.Module) -> _MatmulState:
+    layers = _fp8_layers(model)
+    used = [m for m in layers.values() if m.matmul]
+    weight_only: dict[str, list[str]] = {}
+    for name, m in layers.items():
+        if not m.matmul:
+            weight_only.setdefault(m.matmul_fallback or "not enabled", []).append(name)
+    return _MatmulState(len(layers), any(m.matmul or m.matmul_fallback for m in layers.values()), used,
+                        weight_only, sorted({m.activation_scale for m in used}),
+                        sorted({note for m in used for note in m.matmul_notes}))
+
+
 def fp8_matmul_report(model: nn.Module) -> dict | None:
     """What float8 matmul does in ``model`` (None when it was never enabled): layer counts, the
     activation scales and bias handling in use, and why any layer or option fell back. The
     pipeline adds it to every result's metadata, so a fallback is visible in the output."""
-    layers = _fp8_layers(model)
-    if not any(m.matmul or m.matmul_fallback for m in layers.values()):
+    state = _matmul_state(model)
+    if not state.enabled:
         return None
-    used = [m for m in layers.values() if m.matmul]
-    weight_only: dict[str, int] = {}
-    for m in layers.values():
-        if not m.matmul:
-            reason = m.matmul_fallback or "not enabled"
-            weight_only[reason] = weight_only.get(reason, 0) + 1
     return {
-        "layers": len(layers),
-        "float8_layers": len(used),
-        "activation_scales": sorted({m.activation_scale for m in used}),
-        "bias": sorted({"fused" if m.fuse_bias else "added after" for m in used if m.bias is not None}),
-        "weight_only": weight_only,
-        "notes": sorted({note for m in used for note in m.matmul_notes}),
+        "layers": state.layers,
+        "float8_layers": len(state.used),
+        "activation_scales": state.scales,
+        "bias": sorted({"fused" if m.fuse_bias else "added after" for m in state.used if m.bias is not None}),
+        "weight_only": {reason: len(names) for reason, names in state.weight_only.items()},
+        "notes": state.notes,
     }
 
 
 def fp8_matmul_summary(model: nn.Module) -> str:
     """One line: how many FP8 layers use float8 matmul, and why the others do not."""
-    layers = _fp8_layers(model)
-    used = [m for m in layers.values() if m.matmul]
-    scales = sorted({m.activation_scale for m in used})
-    text = f"fp8 matmul in {len(used)} of {len(layers)} FP8 layers"
-    if used:
-        text += f" (per-{'/'.join(scales)} activation scales)"
-    reasons: dict[str, list[str]] = {}
-    for name, m in layers.items():
-        if not m.matmul:
-            reasons.setdefault(m.matmul_fallback or "not enabled", []).append(name)
-    for reason, names in reasons.items():
+    state = _matmul_state(model)
+    text = f"fp8 matmul in {len(state.used)} of {state.layers} FP8 layers"
+    if state.used:
+        text += f" (per-{'/'.join(state.scales)} activation scales)"
+    for reason, names in state.weight_only.items():
         text += f"; weight-only in {len(names)} ({reason}; e.g. {names[0]})"
-    for note in sorted({note for m in used for note in m.matmul_notes}):
+    for note in state.notes:
         text += f"; {note}"
     return text
