@@ -31,15 +31,18 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from hyvideo.checkpoints.layouts import (  # noqa: E402
+    DIFFUSERS_FOLDERS,
     CheckpointPaths,
     component_paths,
     detect_layout,
     diffusers_paths,
+    official_model_folder,
 )
 from hyvideo.checkpoints.reading import CheckpointError  # noqa: E402
 
@@ -69,7 +72,7 @@ class Layout:
 
 
 def official_fetches(dit: str) -> list[Fetch]:
-    model = "hunyuan-video-t2v-720p"
+    model = official_model_folder("720p")
     return [
         Fetch("tencent/HunyuanVideo", "",
               (*(f"{model}/transformers/{name}" for name in DIT_FILES[dit]), f"{model}/vae/*")),
@@ -83,9 +86,10 @@ def official_fetches(dit: str) -> list[Fetch]:
 def extract_llm(root: Path) -> None:
     from hyvideo.text.extract import extract_text_encoder
 
-    if (root / "text_encoder").is_dir() and any((root / "text_encoder").iterdir()):
+    out = root / CheckpointPaths().text_encoder_folder
+    if out.is_dir() and any(out.iterdir()):
         return  # extracted by an earlier run
-    extract_text_encoder(root / LLAVA_FOLDER, root / "text_encoder")
+    extract_text_encoder(root / LLAVA_FOLDER, out)
 
 
 def _check_files(vae: Path, llm: Path, clip: Path, llm_tokenizer: Path, clip_tokenizer: Path) -> None:
@@ -104,72 +108,50 @@ def _check_files(vae: Path, llm: Path, clip: Path, llm_tokenizer: Path, clip_tok
         raise CheckpointError(f"no CLIP tokenizer (vocab.json or tokenizer.json) in {clip_tokenizer}")
 
 
-def check_official(root: Path, dit: str) -> None:
+def check_official(root: Path, dit: str, i2v: bool = False) -> None:
+    from hyvideo.dit.loader import fp8_map_path
+
     for use_fp8 in {"bf16": [False], "fp8": [True], "both": [False, True]}[dit]:
-        found = component_paths(CheckpointPaths(model_base=root, use_fp8=use_fp8))
-        fp8_map = found.dit.with_name(found.dit.stem + "_map.pt")
-        if use_fp8 and not fp8_map.is_file():
-            raise CheckpointError(f"missing {fp8_map} (the FP8 DiT needs its scale map)")
+        found = component_paths(CheckpointPaths(model_base=root, use_fp8=use_fp8, i2v=i2v))
+        if use_fp8:
+            fp8_map_path(found.dit)  # the FP8 DiT needs its scale map
     _check_files(found.vae, found.text_encoder, found.text_encoder_2, found.text_encoder,
                  found.text_encoder_2)
-    if detect_layout(root) != "official":
-        raise CheckpointError(f"{root} is not detected as the official layout")
+    processor = found.text_encoder / "preprocessor_config.json"
+    if i2v and not processor.is_file():
+        raise CheckpointError(f"missing {processor} (the LLaVA's image processor)")
+    if detect_layout(root, i2v=i2v) != "official":
+        what = "image-to-video layout" if i2v else "layout"
+        raise CheckpointError(f"{root} is not detected as the official {what}")
 
 
-def diffusers_fetches(dit: str) -> list[Fetch]:
-    folders = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-               "scheduler")
-    return [Fetch("hunyuanvideo-community/HunyuanVideo", "",
-                  ("model_index.json", *(f"{f}/*" for f in folders)))]
+def diffusers_fetches(dit: str, i2v: bool = False) -> list[Fetch]:
+    folders = DIFFUSERS_FOLDERS + (("image_processor",) if i2v else ()) + ("scheduler",)
+    repo = "hunyuanvideo-community/HunyuanVideo-I2V" if i2v else "hunyuanvideo-community/HunyuanVideo"
+    return [Fetch(repo, "", ("model_index.json", *(f"{f}/*" for f in folders)))]
 
 
-def check_diffusers(root: Path, dit: str) -> None:
+def check_diffusers(root: Path, dit: str, i2v: bool = False) -> None:
     from hyvideo.checkpoints.layouts import shard_files
 
-    found = diffusers_paths(CheckpointPaths(model_base=root))
+    found = diffusers_paths(CheckpointPaths(model_base=root, i2v=i2v))
     shard_files(found.transformer)
     _check_files(found.vae, found.text_encoder, found.text_encoder_2, found.tokenizer,
                  found.tokenizer_2)
-    if detect_layout(root) != "diffusers":
+    if detect_layout(root, i2v=i2v) != "diffusers":
         raise CheckpointError(f"{root} is not detected as the diffusers layout")
 
 
 def official_i2v_fetches(dit: str) -> list[Fetch]:
-    model = "hunyuan-video-i2v-720p"
+    model = official_model_folder("720p", i2v=True)
     return [
         Fetch("tencent/HunyuanVideo-I2V", "",
               (*(f"{model}/transformers/{name}" for name in DIT_FILES[dit]), f"{model}/vae/*",
                f"{model}/lora/*")),
-        Fetch("xtuner/llava-llama-3-8b-v1_1-transformers", "text_encoder_i2v", ("*.json", "*.safetensors")),
+        Fetch("xtuner/llava-llama-3-8b-v1_1-transformers", CheckpointPaths(i2v=True).text_encoder_folder,
+              ("*.json", "*.safetensors")),
         official_fetches(dit)[2],  # CLIP-L
     ]
-
-
-def check_official_i2v(root: Path, dit: str) -> None:
-    for use_fp8 in {"bf16": [False], "fp8": [True], "both": [False, True]}[dit]:
-        found = component_paths(CheckpointPaths(model_base=root, use_fp8=use_fp8, i2v=True))
-    _check_files(found.vae, found.text_encoder, found.text_encoder_2, found.text_encoder, found.text_encoder_2)
-    if not (found.text_encoder / "preprocessor_config.json").is_file():
-        raise CheckpointError(f"missing {found.text_encoder / 'preprocessor_config.json'} (the LLaVA's image processor)")
-    if detect_layout(root, i2v=True) != "official":
-        raise CheckpointError(f"{root} is not detected as the official image-to-video layout")
-
-
-def diffusers_i2v_fetches(dit: str) -> list[Fetch]:
-    folders = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-               "image_processor", "scheduler")
-    return [Fetch("hunyuanvideo-community/HunyuanVideo-I2V", "",
-                  ("model_index.json", *(f"{f}/*" for f in folders)))]
-
-
-def check_diffusers_i2v(root: Path, dit: str) -> None:
-    from hyvideo.checkpoints.layouts import shard_files
-
-    found = diffusers_paths(CheckpointPaths(model_base=root, i2v=True))
-    shard_files(found.transformer)
-    _check_files(found.vae, found.text_encoder, found.text_encoder_2, found.tokenizer, found.tokenizer_2)
-    if detect_layout(root, i2v=True) != "diffusers":
-        raise CheckpointError(f"{root} is not detected as the diffusers layout")
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -177,9 +159,10 @@ LAYOUTS: dict[str, Layout] = {
                        [f"after the check, {LLAVA_FOLDER}/ may be deleted (~16 GB)"]),
     "diffusers": Layout(diffusers_fetches, None, check_diffusers,
                         ["the DiT is always bf16 here (--dit does not apply)"]),
-    "official-i2v": Layout(official_i2v_fetches, None, check_official_i2v,
+    "official-i2v": Layout(official_i2v_fetches, None, partial(check_official, i2v=True),
                            ["image to video: run sample_image2video.py --model-base ROOT"]),
-    "diffusers-i2v": Layout(diffusers_i2v_fetches, None, check_diffusers_i2v,
+    "diffusers-i2v": Layout(partial(diffusers_fetches, i2v=True), None,
+                            partial(check_diffusers, i2v=True),
                             ["the DiT is always bf16 here (--dit does not apply)"]),
 }
 

@@ -197,6 +197,19 @@ def test_official_i2v_download_leaves_a_folder_the_loader_accepts(tmp_path, caps
         (root / "aside").rename(root / missing)
 
 
+def test_official_i2v_check_with_the_fp8_dit_needs_its_map(tmp_path, capsys):
+    root = tmp_path / "ckpts"
+    assert dw.main(["--layout", "official-i2v", "--root", str(root)],
+                   fetch_fn=_fake_snapshot(_local_hub(tmp_path), [])) == 0
+    transformers = root / I2V / "transformers"
+    (transformers / "mp_rank_00_model_states_fp8.pt").write_bytes(b"")
+    argv = ["--layout", "official-i2v", "--root", str(root), "--check-only", "--dit", "fp8"]
+    assert dw.main(argv) == 2
+    assert "mp_rank_00_model_states_fp8_map.pt" in capsys.readouterr().err
+    (transformers / "mp_rank_00_model_states_fp8_map.pt").write_bytes(b"")
+    assert dw.main(argv) == 0
+
+
 def test_diffusers_i2v_patterns_take_every_component_folder_and_the_check_needs_the_image_processor(tmp_path, capsys):
     (files,) = _fetched("diffusers-i2v").values()
     assert "image_processor/preprocessor_config.json" in files and "README.md" not in files
