@@ -43,6 +43,7 @@ from hyvideo.dit.config import dit_config_to_diffusers  # noqa: E402
 from hyvideo.checkpoints.reading import CheckpointError, check_state_dict  # noqa: E402
 from hyvideo.dit.config import DiTConfig  # noqa: E402
 from hyvideo.vae import VAEConfig  # noqa: E402
+from hyvideo.vae.config import vae_config_to_diffusers  # noqa: E402
 
 log = logging.getLogger("convert_to_diffusers")
 
@@ -162,23 +163,6 @@ def _write_config(path: Path, class_name: str, values: Mapping[str, object]) -> 
 
 
 # --- VAE, text encoders, scheduler ---------------------------------------------------------------
-
-def vae_config_to_diffusers(config: VAEConfig) -> dict[str, object]:
-    """Our (official) VAE config -> ``AutoencoderKLHunyuanVideo`` keyword arguments."""
-    n = config.num_blocks
-    return {
-        "in_channels": config.in_channels, "out_channels": config.out_channels,
-        "latent_channels": config.latent_channels,
-        "down_block_types": ["HunyuanVideoDownBlock3D"] * n,
-        "up_block_types": ["HunyuanVideoUpBlock3D"] * n,
-        "block_out_channels": list(config.block_out_channels),
-        "layers_per_block": config.layers_per_block, "act_fn": "silu",
-        "norm_num_groups": config.norm_num_groups, "scaling_factor": config.scaling_factor,
-        "spatial_compression_ratio": config.spatial_compression_ratio,
-        "temporal_compression_ratio": config.time_compression_ratio,
-        "mid_block_add_attention": config.mid_block_add_attention,
-    }
-
 
 def write_vae(state: Mapping[str, torch.Tensor], config: VAEConfig, folder: Path, *,
               dtype: torch.dtype | None = None, source: str = "the VAE") -> None:

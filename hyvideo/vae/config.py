@@ -101,3 +101,21 @@ class VAEConfig:
             t = 2 if (n - 1 - time) <= i < n - 1 else 1
             strides.append((t, s, s) if (s, t) != (1, 1) else None)
         return strides
+
+
+def vae_config_to_diffusers(config: VAEConfig) -> dict[str, object]:
+    """Our (official) VAE config -> ``AutoencoderKLHunyuanVideo`` keyword arguments: the official
+    names and block types renamed back through :data:`DIFFUSERS_NAMES`."""
+    theirs = {official: diffusers for diffusers, official in DIFFUSERS_NAMES.items()}
+    return {
+        "in_channels": config.in_channels, "out_channels": config.out_channels,
+        "latent_channels": config.latent_channels,
+        "down_block_types": [theirs[t] for t in config.down_block_types],
+        "up_block_types": [theirs[t] for t in config.up_block_types],
+        "block_out_channels": list(config.block_out_channels),
+        "layers_per_block": config.layers_per_block, "act_fn": "silu",
+        "norm_num_groups": config.norm_num_groups, "scaling_factor": config.scaling_factor,
+        "spatial_compression_ratio": config.spatial_compression_ratio,
+        theirs["time_compression_ratio"]: config.time_compression_ratio,
+        "mid_block_add_attention": config.mid_block_add_attention,
+    }
