@@ -303,16 +303,13 @@ class BlockSwapOffload(ModelOffload):
 
     def __init__(self, components: dict[str, object], device: torch.device, blocks_on_device: int,
                  *, pin_memory: bool = True):
-        self.components = components
-        self.device = torch.device(device)
-        self.swaps = {name: BlockSwap(transformer_blocks(c), self.device, blocks_on_device,
+        self.swaps = {name: BlockSwap(transformer_blocks(c), torch.device(device), blocks_on_device,
                                       pin_memory=pin_memory)
                       for name, c in components.items() if transformer_blocks(c)}
         if not self.swaps:
             raise ValueError("offload blocks needs a DiT among the components (one with "
                              "double_blocks and single_blocks); use --offload model otherwise")
-        for name in components:
-            self._move(name, _CPU)
+        super().__init__(components, device)  # every component to the CPU (the DiT by _move)
 
     def _move(self, name: str, device: torch.device) -> None:
         if name not in self.swaps:
