@@ -82,6 +82,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
             "DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")))
 
 
+def report(exc: Exception, *, manifest: bool = True) -> int:
+    """One line for an expected failure (bad input, missing files, out of memory, a full disk);
+    re-raise others. Bad input: every ValueError (PromptFileError, CheckpointError, UsageError,
+    ParallelError are ones) and RewriteError. ``manifest``: finished videos are listed in one
+    (the CLI's; the web demo keeps none)."""
+    from hyvideo.apps.rewrite import RewriteError
+
+    if isinstance(exc, (RewriteError, ValueError)):
+        return fail(usage_message(exc))
+    if is_out_of_memory(exc):
+        return fail("out of memory while generating; lower memory with --offload model (or blocks), "
+                    "--use-fp8, --vae-tiling, a smaller --video-size or a shorter --video-length")
+    if isinstance(exc, OSError) and exc.strerror:  # a full disk, a file removed underneath us
+        where = f" {exc.filename}" if exc.filename else ""
+        kept = "; finished videos are saved and listed in the manifest" if manifest else ""
+        return fail(f"cannot read or write{where}: {exc.strerror}{kept}")
+    raise exc
+
+
 def finite(text: str) -> float:
     """A float flag: finite numbers only (NaN and infinities are refused)."""
     try:

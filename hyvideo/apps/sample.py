@@ -127,26 +127,8 @@ def main(argv: list[str] | None = None, *, i2v: bool = False) -> int:
     except KeyboardInterrupt:
         return cli.fail("interrupted; finished videos are saved and listed in the manifest (use --resume)")
     except Exception as exc:  # noqa: BLE001 (the expected failures become one line)
-        return report(exc)
+        return cli.report(exc)
     return 0
-
-
-def report(exc: Exception) -> int:
-    """One line for an expected failure (bad input, missing files, out of memory); re-raise others."""
-    from hyvideo.apps.batch import PromptFileError
-    from hyvideo.apps.rewrite import RewriteError
-    from hyvideo.checkpoints.reading import CheckpointError
-
-    if isinstance(exc, (PromptFileError, CheckpointError, RewriteError, ValueError)):
-        return cli.fail(cli.usage_message(exc))
-    if cli.is_out_of_memory(exc):
-        return cli.fail("out of memory while generating; lower memory with --offload model (or blocks), "
-                        "--use-fp8, --vae-tiling, a smaller --video-size or a shorter --video-length")
-    if isinstance(exc, OSError) and exc.strerror:  # a full disk, a file removed underneath us
-        where = f" {exc.filename}" if exc.filename else ""
-        return cli.fail(f"cannot read or write{where}: {exc.strerror}; finished videos are saved and listed "
-                        "in the manifest")
-    raise exc
 
 
 def prepare(args: argparse.Namespace) -> Plan:

@@ -195,13 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         return args
     if importlib.util.find_spec("gradio") is None:
         return cli.fail("the web demo needs Gradio: pip install 'hyvideo[web]' (or pip install gradio)")
-    from hyvideo.apps.batch import PromptFileError
-    from hyvideo.checkpoints.reading import CheckpointError
-
     try:
         return serve(args, *prepare(args))
-    except (CheckpointError, PromptFileError, ValueError) as exc:
-        return cli.fail(cli.usage_message(exc))
+    except Exception as exc:  # noqa: BLE001 (the expected failures become one line; cli.report re-raises others)
+        return cli.report(exc, manifest=False)
 
 
 if __name__ == "__main__":
