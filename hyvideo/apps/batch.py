@@ -400,11 +400,16 @@ class Manifest:
         """Ids of the videos recorded with their output present."""
         return {str(r["id"]) for r in self.records() if r.get("id") is not None and self.output_of(r)}
 
-    def pending(self, jobs: list[PromptJob], num_videos: int = 1) -> list[PromptJob]:
-        """The jobs with a video not yet done (reads only; see :meth:`remove_partials`)."""
+    def require(self) -> None:
+        """--resume continues an earlier run: its manifest must exist."""
         if not self.path.is_file():
             raise PromptFileError(f"--resume: no manifest at {self.path}; run the batch once without --resume")
-        done = self.done_ids()
+
+    def pending(self, jobs: list[PromptJob], num_videos: int = 1,
+                done: set[str] | None = None) -> list[PromptJob]:
+        """The jobs with a video not in ``done`` (default: :meth:`done_ids`; reads only)."""
+        self.require()
+        done = self.done_ids() if done is None else done
         todo = [j for j in jobs if not set(video_ids(j.id, num_videos)) <= done]
         log.info("resume: %d done, %d to go", len(jobs) - len(todo), len(todo))
         return todo
@@ -414,13 +419,12 @@ class Manifest:
         for stale in self.folder.glob(".*.partial"):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
-    def recover(self, expected: list[Expected]) -> set[str]:
-        """Record again the finished outputs whose record was lost (a kill between the file and
-        its line, or a torn line): each is recognised by the id in its embedded settings.
-        Returns the video ids found, so they are not rendered twice."""
+    def lost_records(self, expected: list[Expected], done: set[str]) -> list[dict]:
+        """The records to write again for finished outputs whose record was lost (a kill between
+        the file and its line, or a torn line): each output is recognised by the id in its
+        embedded settings. Reads only (:meth:`recover` writes them); ``done``: the recorded ids."""
         recorded = {Path(str(r.get("output", ""))).name for r in self.records()}
-        done = self.done_ids()
-        found = set()
+        found = []
         for want in expected:
             if want.video in done:
                 continue
@@ -429,12 +433,16 @@ class Manifest:
                     continue
                 meta = read_output_metadata(path)
                 if meta and str(meta.get("id")) == want.job and str(meta.get("video", want.job)) == want.video:
-                    self.append({**meta, "id": want.video, "job": want.job, "output": str(path),
-                                 "recovered": True})
-                    log.info("resume: %s was finished but not recorded; recorded it now", path.name)
-                    found.add(want.video)
+                    found.append({**meta, "id": want.video, "job": want.job, "output": str(path),
+                                  "recovered": True})
                     break
         return found
+
+    def recover(self, records: list[dict]) -> None:
+        """Write the :meth:`lost_records` found, so their videos are not rendered twice."""
+        for record in records:
+            self.append(record)
+            log.info("resume: %s was finished but not recorded; recorded it now", Path(record["output"]).name)
 
     def append(self, record: dict[str, Any]) -> None:
         """One record as one line, in a single write, flushed to disk."""

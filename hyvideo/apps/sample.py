@@ -94,6 +94,15 @@ class Plan:
     save_path: Path
     jobs: list[Job] = field(default_factory=list)
     parallel: object | None = None
+    done: set[str] = field(default_factory=set)  # --resume: the videos an earlier run finished
+
+
+@dataclass
+class Resumed:
+    """What --resume found in the manifest (read before any write)."""
+
+    done: set[str] = field(default_factory=set)  # the videos finished, recorded or not
+    lost: list[dict] = field(default_factory=list)  # the records a kill lost: begin writes them again
 
 
 def main_i2v(argv: list[str] | None = None) -> int:
@@ -148,10 +157,10 @@ def prepare(args: argparse.Namespace) -> Plan:
     checked = check_runtime(args, load, variant, fields) if cli.runtime_flags_given(args) else None
     main_rank = cli.is_main_rank()
     save_path = save_path_of(args)
-    jobs = []
+    jobs, resumed = [], Resumed()
     if main_rank:
         cli.check_output_folder(save_path, "--save-path")
-        jobs = make_jobs(args, variant, fields, save_path)
+        jobs, resumed = make_jobs(args, variant, fields, save_path)
     cli.check_paths_early(args)
     runtime, config = checked or check_runtime(args, load, variant, fields)
     if config is not None and variant.is_i2v:  # every image's size must split over the ranks
@@ -160,32 +169,28 @@ def prepare(args: argparse.Namespace) -> Plan:
     parallel, runtime = cli.join_parallel(config, runtime)
     if parallel is not None and not main_rank:
         args.quiet = True
-    if jobs and main_rank:
-        jobs = begin(args, save_path, jobs)
+    if main_rank and (jobs or resumed.lost):
+        begin(args, save_path, jobs, resumed.lost)
     if parallel is not None:  # every rank runs the same jobs with the same seeds
         jobs = share_from_main(jobs)
-    return Plan(load, runtime, save_path, jobs, parallel=parallel)
+    return Plan(load, runtime, save_path, jobs, parallel=parallel, done=resumed.done)
 
 
-def begin(args: argparse.Namespace, save_path: Path, jobs: list[Job]) -> list[Job]:
+def begin(args: argparse.Namespace, save_path: Path, jobs: list[Job], lost: list[dict]) -> None:
     """After every check, the run's first writes: the manifest exists from the start (a kill
     before the first video still resumes) with a torn last line set aside; on --resume the
-    leftovers of a killed run are removed and finished outputs whose record was lost are recorded
-    (not rendered twice). Then the prompts are rewritten (--rewrite). -> the jobs still to run."""
-    from hyvideo.apps.batch import Expected, Manifest, video_ids
-    from hyvideo.apps.output import output_prefix
+    leftovers of a killed run are removed and finished outputs whose record was lost (``lost``,
+    found by :func:`resume_rows`) are recorded (not rendered twice). Then the prompts are
+    rewritten (--rewrite)."""
+    from hyvideo.apps.batch import Manifest
 
     if args.prompt_file:
         manifest = Manifest(save_path)
         manifest.create()
         if args.resume:
             manifest.remove_partials()
-            manifest.recover([Expected(vid, job.id, output_prefix(job.id))
-                              for job in jobs for vid in video_ids(job.id, args.num_videos)])
-            done = manifest.done_ids()
-            jobs = [job for job in jobs if not set(video_ids(job.id, args.num_videos)) <= done]
+            manifest.recover(lost)
     rewrite_jobs(jobs, args)
-    return jobs
 
 
 def check_prompt_flags(args: argparse.Namespace) -> None:
@@ -244,18 +249,37 @@ def check_runtime(args: argparse.Namespace, load, variant, fields: dict):
     return runtime, config
 
 
-def make_jobs(args: argparse.Namespace, variant, fields: dict, save_path: Path) -> list[Job]:
+def make_jobs(args: argparse.Namespace, variant, fields: dict, save_path: Path) -> tuple[list[Job], Resumed]:
     """The prompts to run (a file's rows or --prompt), minus those done (--resume), each a
     checked request; a row's bad value is reported with its file and line."""
-    from hyvideo.apps.batch import Manifest, PromptJob, read_prompt_file, select_ids
+    from hyvideo.apps.batch import PromptJob, read_prompt_file, select_ids
 
+    resumed = Resumed()
     if args.prompt_file:
         rows = select_ids(read_prompt_file(args.prompt_file, fields["seed"]), args.prompt_ids)
-        rows = Manifest(save_path).pending(rows, args.num_videos) if args.resume else rows
+        if args.resume:
+            rows, resumed = resume_rows(rows, args.num_videos, save_path)
     else:
         rows = [PromptJob(time.strftime("%Y%m%d-%H%M%S"), args.prompt, fields["seed"], args.neg_prompt)]
     images = i2v_cli.ImageCache(args, variant) if variant.is_i2v else None
-    return [Job(row.id, row.prompt, row_request(variant, fields, row, args.neg_prompt, images)) for row in rows]
+    jobs = [Job(row.id, row.prompt, row_request(variant, fields, row, args.neg_prompt, images)) for row in rows]
+    return jobs, resumed
+
+
+def resume_rows(rows: list, num_videos: int, save_path: Path) -> tuple[list, Resumed]:
+    """--resume (reads only): the rows with a video still to make, once. A video counts as done
+    when recorded with its output present, or finished with its record lost (found by the id in
+    its embedded settings; :func:`begin` records it again)."""
+    from hyvideo.apps.batch import Expected, Manifest, video_ids
+    from hyvideo.apps.output import output_prefix
+
+    manifest = Manifest(save_path)
+    manifest.require()
+    done = manifest.done_ids()
+    lost = manifest.lost_records([Expected(vid, row.id, output_prefix(row.id))
+                                  for row in rows for vid in video_ids(row.id, num_videos)], done)
+    done |= {record["id"] for record in lost}
+    return manifest.pending(rows, num_videos, done), Resumed(done, lost)
 
 
 def row_request(variant, fields: dict, row, neg_prompt: str | None, images=None):
@@ -313,9 +337,8 @@ def save(result, job: Job, plan: Plan, args: argparse.Namespace, model: str, sec
         extra["loras"] = [{"path": str(x.path), "scale": x.scale} for x in plan.load.loras]
     peak = compat.max_memory_allocated(plan.runtime.resolved_device())
     manifest = Manifest(plan.save_path)
-    done = manifest.done_ids() if args.resume else set()
     for i, vid in enumerate(video_ids(job.id, job.request.num_videos)):
-        if vid in done:  # a job cut off between its videos: the finished ones are kept, not redone
+        if vid in plan.done:  # a job cut off between its videos: the finished ones are kept, not redone
             continue
         meta = output_metadata(result, i, model=model, job_id=job.id, extra={**extra, "video": vid})
         stem = output_stem(job.id, result.seeds[i], job.prompt, args.name_suffix)
