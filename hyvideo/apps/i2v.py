@@ -14,8 +14,11 @@ import argparse
 from pathlib import Path
 
 from hyvideo.apps import cli
+from hyvideo.dit.config import I2V_CONDITION_TYPES
 
-CONDITION_TYPES = ("token_replace", "latent_concat")
+CONDITION_TYPES = tuple(kind for kind in I2V_CONDITION_TYPES if kind)  # token_replace, latent_concat
+# --i2v-resolution: the names of hyvideo.pipeline.image_input.I2V_RESOLUTIONS (which imports torch)
+RESOLUTION_NAMES = ("144p", "360p", "540p", "720p")
 I2V_SIBLINGS = {  # (text-to-video name, condition type) -> image-to-video variant
     ("HYVideo-T/2", "token_replace"): "HYVideo-I2V",
     ("HYVideo-T/2-cfgdistill", "token_replace"): "HYVideo-I2V",
@@ -33,7 +36,7 @@ def add_i2v_args(p: argparse.ArgumentParser, *, default_on: bool = False) -> Non
                    help=f"animate an image (default {'on' if default_on else 'off'})")
     g.add_argument("--i2v-image-path", type=Path, metavar="IMAGE",
                    help="the image to animate (PNG, JPEG, WebP...); its aspect ratio picks the video size")
-    g.add_argument("--i2v-resolution", choices=["144p", "360p", "540p", "720p"],
+    g.add_argument("--i2v-resolution", choices=RESOLUTION_NAMES,
                    help="bucket set the image's size is chosen from (default: the model's, 720p for the "
                    "released one; 144p is a preview size of ours)")
     g.add_argument("--i2v-condition-type", choices=CONDITION_TYPES,
@@ -47,6 +50,26 @@ def add_i2v_args(p: argparse.ArgumentParser, *, default_on: bool = False) -> Non
     g.add_argument("--use-lora", action="store_true", help="official: apply --lora-path at --lora-scale")
     g.add_argument("--lora-path", type=Path, help="official: the LoRA file for --use-lora")
     g.add_argument("--lora-scale", type=cli.finite, default=1.0, help="official: the LoRA's scale (default 1.0)")
+
+
+def i2v_variant(model: str, *, i2v_mode: bool, kind: str | None):
+    """The model ``--model`` names, or with ``i2v_mode`` its image-to-video sibling for the
+    condition type ``kind`` (token_replace when None), and its variant. An image-to-video variant
+    must have ``kind``'s condition type; a text-to-video one is the caller's to refuse (each front
+    door words it). -> (model name, variant)"""
+    from hyvideo.pipeline.variants import load_variant
+
+    if i2v_mode:
+        model = I2V_SIBLINGS.get((model, kind or "token_replace"), model)
+    variant = load_variant(model)
+    if variant.is_i2v and kind is not None and kind != variant.i2v_condition_type:
+        raise ValueError(f"--i2v-condition-type {kind}: model {model} is {variant.i2v_condition_type}")
+    return model, variant
+
+
+def i2v_models() -> str:
+    """The image-to-video variant names, for an error message."""
+    return ", ".join(sorted(set(I2V_SIBLINGS.values())))
 
 
 def select_model(args: argparse.Namespace) -> None:
@@ -63,16 +86,10 @@ def select_model(args: argparse.Namespace) -> None:
             raise ValueError(f"--model {args.model} animates an image: add --i2v-mode and --i2v-image-path "
                              "(or run sample_image2video.py)")
         return
-    kind = args.i2v_condition_type
-    sibling = I2V_SIBLINGS.get((args.model, kind or "token_replace"))
-    if sibling is not None:
-        args.model = sibling
-    variant = load_variant(args.model)
+    args.model, variant = i2v_variant(args.model, i2v_mode=True, kind=args.i2v_condition_type)
     if not variant.is_i2v:
         raise ValueError(f"--model {args.model} is a text-to-video model; with --i2v-mode use one of "
-                         f"{', '.join(sorted(set(I2V_SIBLINGS.values())))} (or HYVideo-T/2, as the official README)")
-    if kind is not None and kind != variant.i2v_condition_type:
-        raise ValueError(f"--i2v-condition-type {kind}: model {args.model} is {variant.i2v_condition_type}")
+                         f"{i2v_models()} (or HYVideo-T/2, as the official README)")
     if args.i2v_image_path is None and not args.prompt_file:
         raise ValueError("--i2v-mode needs --i2v-image-path IMAGE (or an image column in --prompt-file)")
     if args.i2v_dit_weight is not None:

@@ -70,7 +70,7 @@ def build_parser(variants: list[str]) -> argparse.ArgumentParser:
 
 def add_i2v_args(p: argparse.ArgumentParser) -> None:
     """Image to video: the official flag names that apply to a server (the image is the page's)."""
-    from hyvideo.apps.i2v import CONDITION_TYPES
+    from hyvideo.apps.i2v import CONDITION_TYPES, RESOLUTION_NAMES
 
     g = p.add_argument_group("image to video (an image-to-video --model needs none of these)")
     g.add_argument("--i2v-mode", action="store_true",
@@ -78,28 +78,23 @@ def add_i2v_args(p: argparse.ArgumentParser) -> None:
                    "tiny-random -> tiny-random-i2v), as the official sample_image2video.py names it")
     g.add_argument("--i2v-condition-type", choices=CONDITION_TYPES,
                    help="with --i2v-mode: token_replace (the current release, default) or latent_concat (the first)")
-    g.add_argument("--i2v-resolution", choices=["144p", "360p", "540p", "720p"],
+    g.add_argument("--i2v-resolution", choices=RESOLUTION_NAMES,
                    help="the page's default bucket set (default: the model's, 720p for the released one)")
 
 
 def select_i2v(args: argparse.Namespace) -> None:
     """``--i2v-mode``: the image-to-video sibling of ``--model`` (in place). The image-to-video
     flags need an image-to-video model: given with a text-to-video one they are refused, not ignored."""
-    from hyvideo.apps.i2v import I2V_SIBLINGS
-    from hyvideo.pipeline.variants import load_variant
+    from hyvideo.apps.i2v import i2v_models, i2v_variant
 
     kind = args.i2v_condition_type
-    if args.i2v_mode:
-        args.model = I2V_SIBLINGS.get((args.model, kind or "token_replace"), args.model)
-    variant = load_variant(args.model)
+    args.model, variant = i2v_variant(args.model, i2v_mode=args.i2v_mode, kind=kind)
     if not variant.is_i2v:
         given = [flag for flag, value in (("--i2v-mode", args.i2v_mode), ("--i2v-condition-type", kind),
                                           ("--i2v-resolution", args.i2v_resolution)) if value]
         if given:
             raise ValueError(f"{given[0]}: --model {args.model} is a text-to-video model; use one of "
-                             f"{', '.join(sorted(set(I2V_SIBLINGS.values())))} (or HYVideo-T/2 with --i2v-mode)")
-    elif kind is not None and kind != variant.i2v_condition_type:
-        raise ValueError(f"--i2v-condition-type {kind}: model {args.model} is {variant.i2v_condition_type}")
+                             f"{i2v_models()} (or HYVideo-T/2 with --i2v-mode)")
 
 
 def i2v_defaults(args: argparse.Namespace, variant):
