@@ -87,6 +87,15 @@ class DiTConfig:
     def mlp_hidden_dim(self) -> int:
         return int(self.hidden_size * self.mlp_width_ratio)
 
+    def token_grid(self, latent_thw: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Latent (T, H, W) -> token grid (T', H', W'): each axis divided by its patch."""
+        pt, ph, pw = self.patch_size
+        t, h, w = latent_thw
+        if t % pt or h % ph or w % pw:
+            raise ValueError(f"latent size {tuple(latent_thw)} is not divisible by the patch "
+                             f"{tuple(self.patch_size)}")
+        return t // pt, h // ph, w // pw
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiTConfig:
         return config_from_dict(cls, data)

@@ -139,12 +139,8 @@ class HYVideoDiffusionTransformer(nn.Module):
                 module.autocast = dtype
 
     def token_grid(self, latent_thw: tuple[int, int, int]) -> tuple[int, int, int]:
-        """Latent (T, H, W) -> token grid (T', H', W')."""
-        pt, ph, pw = self.config.patch_size
-        t, h, w = latent_thw
-        if t % pt or h % ph or w % pw:
-            raise ValueError(f"latent size {latent_thw} is not divisible by patch {self.config.patch_size}")
-        return t // pt, h // ph, w // pw
+        """Latent (T, H, W) -> token grid (T', H', W') (:meth:`DiTConfig.token_grid`)."""
+        return self.config.token_grid(latent_thw)
 
     def rope(self, latent_thw: tuple[int, int, int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE (cos, sin) tables [N, head_dim] for a latent of size (T, H, W)."""

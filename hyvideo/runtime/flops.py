@@ -75,11 +75,7 @@ class DiTFlops:
 
 def image_tokens(config: DiTConfig, latent_thw: tuple[int, int, int]) -> int:
     """Image tokens of a latent (T, H, W): the product of each axis divided by its patch."""
-    for size, patch in zip(latent_thw, config.patch_size):
-        if size % patch:
-            raise ValueError(f"latent size {tuple(latent_thw)} is not divisible by the patch "
-                             f"{tuple(config.patch_size)}")
-    return math.prod(s // p for s, p in zip(latent_thw, config.patch_size))
+    return math.prod(config.token_grid(latent_thw))
 
 
 def _refiner_flops(c: DiTConfig, text: int) -> int:
