@@ -46,10 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hyvideo import compat
+from benchmark import DEFAULT_PEAK_TFLOPS  # scripts/benchmark.py, beside this script
 
 PARTS = ("env", "precision", "attention", "fp8", "offload", "compile", "step")
 GiB = 1 << 30
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}  # dense bf16
+PEAK_TFLOPS = {"H100": DEFAULT_PEAK_TFLOPS, "H200": DEFAULT_PEAK_TFLOPS, "H800": DEFAULT_PEAK_TFLOPS,
+               "A100": 312.0, "L40S": 362.0}  # dense bf16
 
 
 # ---- helpers ------------------------------------------------------------------------------------
