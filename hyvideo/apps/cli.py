@@ -256,10 +256,6 @@ TINY_UNUSED = ("model_base", "model_resolution", "dit_weight", "vae_path", "text
                "hidden_state_skip_layer", "apply_final_norm", "text_len_2")
 
 
-def flag_name(dest: str) -> str:
-    return f"--{dest.replace('_', '-')}"
-
-
 def check_flags_used(args: argparse.Namespace) -> None:
     """Every flag given acts: one that would be ignored is refused (ValueError naming it)."""
     from hyvideo.pipeline.options import is_tiny
@@ -267,11 +263,11 @@ def check_flags_used(args: argparse.Namespace) -> None:
     given = getattr(args, "given_flags", frozenset())
     for dest, acts, needs in NEEDS:
         if dest in given and not acts(args):
-            raise ValueError(f"{flag_name(dest)} has no effect without {needs}; add it or drop {flag_name(dest)}")
+            raise ValueError(f"{flag_of(dest)} has no effect without {needs}; add it or drop {flag_of(dest)}")
     if is_tiny(args.model):
         unused = [dest for dest in TINY_UNUSED if dest in given]
         if unused:
-            raise ValueError(f"{flag_name(unused[0])} cannot be used with --model {args.model}, which builds small "
+            raise ValueError(f"{flag_of(unused[0])} cannot be used with --model {args.model}, which builds small "
                              "float32 random-weight models in memory; drop it or choose a released model")
 
 

@@ -6,9 +6,10 @@ elsewhere: behind any OpenAI-compatible chat endpoint (e.g. vLLM serving the rel
 HunyuanVideo prompt-rewrite model; :class:`ChatEndpoint`, standard library HTTP only) or as a
 local ``transformers`` causal LM folder (:class:`LocalCausalLM`, greedy decoding).
 
-:meth:`PromptRewriter.rewrite` is the one call front ends need (the CLI per job, the web demo per
-request). A failure raises :class:`RewriteError`; with ``fallback`` it is logged as a warning and
-the original prompt is used.
+:meth:`PromptRewriter.rewrite` (or :meth:`~PromptRewriter.rewrite_result`, which also keeps the
+original prompt) is the one call a front end needs: the CLI makes it per job, before the models
+load (the web demo does not rewrite). A failure raises :class:`RewriteError`; with ``fallback``
+it is logged as a warning and the original prompt is used.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ log = logging.getLogger("hyvideo.sample")
 
 
 def build_parser(variants: list[str], resolutions: list[str], *, i2v: bool = False) -> argparse.ArgumentParser:
+    from hyvideo.apps.output import OUTPUT_TYPES
+
     p = cli.OneLineParser(description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -63,7 +65,7 @@ def build_parser(variants: list[str], resolutions: list[str], *, i2v: bool = Fal
     o.add_argument("--save-path", type=Path, default=Path("results"), help="output folder (default results/)")
     o.add_argument("--save-path-suffix", default="", help="official: save under <save-path>_<suffix>")
     o.add_argument("--name-suffix", default="", help="official: appended to every output file name")
-    o.add_argument("--output-type", default="mp4", choices=["mp4", "frames", "latents"],
+    o.add_argument("--output-type", default="mp4", choices=OUTPUT_TYPES,
                    help="mp4 (24 fps, settings in its metadata), a PNG frame folder, or float32 latents (.safetensors)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -38,6 +38,7 @@ import torch
 from hyvideo import compat
 from hyvideo.apps.cli import is_out_of_memory
 from hyvideo.apps.output import output_metadata, output_stem, write_output
+from hyvideo.apps.video_io import to_uint8_frames
 from hyvideo.pipeline.geometry import RESOLUTIONS, Geometry
 from hyvideo.pipeline.image_input import (
     I2V_RESOLUTIONS,
@@ -224,7 +225,7 @@ def poster_frame(video: torch.Tensor) -> np.ndarray:
     if frame.shape[-1] > POSTER_WIDTH:
         size = (max(1, round(frame.shape[-2] * POSTER_WIDTH / frame.shape[-1])), POSTER_WIDTH)
         frame = torch.nn.functional.interpolate(frame, size=size, mode="area")
-    return (frame[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return to_uint8_frames(frame[0][:, None])[0]  # [3, 1, H', W'] -> [1, H', W', 3] -> the frame
 
 
 def free_device_memory(device: torch.device) -> None:
