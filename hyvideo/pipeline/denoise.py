@@ -28,7 +28,8 @@ class Predict(Protocol):
 
     def __call__(self, dit: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor,
                  mask: torch.Tensor, pooled: torch.Tensor, guidance: torch.Tensor | None, *,
-                 cfg_pair: bool, step_cache: StepCache | None) -> torch.Tensor: ...
+                 cfg_pair: bool, step_cache: StepCache | None,
+                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor: ...
 
 
 def call_dit(dit, x, t, states, mask, pooled, guidance, *, cfg_pair: bool = False,
@@ -106,7 +107,9 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
 
     Args:
         dit: the transformer; called through ``predict`` (by default as
-            ``dit(x, t, states, mask, pooled, guidance, step_cache=...)``).
+            ``dit(x, t, states, mask, pooled, guidance, step_cache=..., rope=...)``) with the RoPE
+            tables of the latent grid, built once here (``dit.rope``; a sequence-parallel DiT
+            keeps its own rows of them).
         latents: [B, C, T, H, W] starting noise (used as is).
         schedule: sigmas and timesteps.
         cond / negative: text conditioning, one row per prompt (repeated over videos).
@@ -129,6 +132,7 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
     guidance = dit_guidance(dit, embedded_cfg_scale, rows, latents.device)
     latents = latents.float()
     timesteps = schedule.timesteps.to(latents.device)
+    rope = dit.rope(tuple(latents.shape[2:]), device=latents.device)  # (cos, sin) [N, head_dim]
     cache = step_cache
     with cache_generation(cache, schedule.steps):
         for k in range(schedule.steps):
@@ -139,7 +143,8 @@ def denoise(dit: torch.nn.Module, latents: torch.Tensor, schedule: FlowMatchSche
                 latents = hold(latents)
             x = latents if extra is None else torch.cat([latents, extra], dim=1)
             x = torch.cat([x] * 2) if use_cfg else x
-            out = predict(dit, x, t, states, mask, pooled, guidance, cfg_pair=use_cfg, step_cache=cache)
+            out = predict(dit, x, t, states, mask, pooled, guidance, cfg_pair=use_cfg, step_cache=cache,
+                          rope=rope)
             latents = schedule.step(k, latents, apply_cfg(out, cfg_scale, use_cfg))
             if hold is not None:
                 latents = hold(latents)
