@@ -222,7 +222,7 @@ def main() -> int:
     parser.add_argument("--no-diffusers", action="store_true", help="measure ours only")
     parser.add_argument("--compile", action="store_true",
                         help="also time ours with regional torch.compile (first call = compile time)")
-    parser.add_argument("--peak-tflops", type=float, default=790.0, help="hardware peak for MFU (H100/H200 bf16 dense)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="hardware peak for MFU (H100/H200 bf16 dense)")
     args = parser.parse_args()
     if args.worker:
         name, *rest = json.loads(args.worker)
