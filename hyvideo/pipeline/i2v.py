@@ -15,18 +15,21 @@ import torch
 
 from hyvideo import compat
 from hyvideo.pipeline.i2v_denoise import denoise_i2v, i2v_start
-from hyvideo.pipeline.scheduler import FlowMatchSchedule
-from hyvideo.pipeline.t2v import HunyuanVideoPipeline, ProgressCallback
-from hyvideo.pipeline.types import GenerationResult, I2VRequest, Progress, request_from_defaults
+from hyvideo.pipeline.t2v import HunyuanVideoPipeline, ProgressCallback, SamplingLoop
+from hyvideo.pipeline.types import I2VRequest, request_from_defaults
 from hyvideo.text.conditioning import TextConditioning
+from hyvideo.text.prompts import NEGATIVE_PROMPT_I2V
 
-# The official I2V negative prompt is the T2V one (hyvideo.text.prompts.NEGATIVE_PROMPT_I2V).
+# The official I2V negative prompt is its own, shorter than the T2V one (NEGATIVE_PROMPT_I2V).
 LATENT_CONCAT_DROPPED_FRAMES = 4  # the first release's decoded video starts 4 frames in
 
 
 class HunyuanVideoI2VPipeline(HunyuanVideoPipeline):
     """Image-to-video: the same components, an :class:`~hyvideo.text.llava.I2VTextEncoders`
-    (LLaVA with its vision tower + CLIP), and a DiT built with ``i2v_condition_type``."""
+    (LLaVA with its vision tower + CLIP), and a DiT built with ``i2v_condition_type``.
+
+    Only what differs is its own: the prompt encoded with the image (the negative with a black
+    image of its size), the loop holding the image latent, and latent_concat's decoded frames."""
 
     @property
     def condition_type(self) -> str:
@@ -42,23 +45,12 @@ class HunyuanVideoI2VPipeline(HunyuanVideoPipeline):
         self.geometry.check_request(request)
         return request
 
-    def encode_prompt(self, request: I2VRequest) -> tuple[TextConditioning, TextConditioning | None]:
-        """(positive, negative): the prompt with the image; the negative (real CFG only) with a
-        black image of the image's size."""
-        from hyvideo.text.prompts import NEGATIVE_PROMPT_I2V
+    def _encode_positive(self, request: I2VRequest) -> TextConditioning:
+        return self.text_encoders.encode([request.prompt], request.image.image, num_frames=request.video_length)
 
-        image, frames = request.image.image, request.video_length
-        cond = negative = None
-        if self.is_main:
-            with self.execution.stage("text_encoders"):
-                cond = self.text_encoders.encode([request.prompt], image, num_frames=frames).to(self.device)
-                if request.cfg_scale > 1.0:
-                    negative = self.text_encoders.encode_negative(
-                        [request.negative_prompt or NEGATIVE_PROMPT_I2V], image, num_frames=frames).to(self.device)
-        cond = self.execution.share_text(cond, self.device)
-        if request.cfg_scale > 1.0:
-            negative = self.execution.share_text(negative, self.device)
-        return cond, negative
+    def _encode_negative(self, request: I2VRequest) -> TextConditioning:
+        return self.text_encoders.encode_negative([request.negative_prompt or NEGATIVE_PROMPT_I2V],
+                                                  request.image.image, num_frames=request.video_length)
 
     @torch.inference_mode()
     def image_latents(self, request: I2VRequest) -> torch.Tensor:
@@ -70,26 +62,21 @@ class HunyuanVideoI2VPipeline(HunyuanVideoPipeline):
                 posterior = self.vae.encode(pixels, tiling=False)
             return posterior.mode().float() * self.vae.scaling_factor
 
-    @torch.inference_mode()
-    def __call__(self, request: I2VRequest, *, callback: ProgressCallback | None = None,
-                 decode: bool = True, show_progress: bool = True) -> GenerationResult:
-        """Generate ``request.num_videos`` videos from ``request.image``; seeds are ``seed + i``."""
-        self.geometry.check_request(request)
-        emit = callback or (lambda event: None)
-        emit(Progress("text", 0, 1))
-        cond, negative = self.encode_prompt(request)
+    def sampling_loop(self, request: I2VRequest) -> SamplingLoop:
+        """:func:`~hyvideo.pipeline.i2v_denoise.denoise_i2v` holding the image latent (encoded
+        here, once for every batch), from the noise (mixed with it under ``i2v_stability``)."""
         img_latents = self.image_latents(request)
-        emit(Progress("text", 1, 1))
-        seeds = [request.seed + i for i in range(request.num_videos)]
-        schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
-        latents = torch.cat([
-            denoise_i2v(self.dit, i2v_start(noise, img_latents, stability=request.i2v_stability), schedule,
-                        cond, img_latents, negative=negative, cfg_scale=request.cfg_scale,
-                        embedded_cfg_scale=request.embedded_cfg_scale, callback=progress,
-                        step_cache=self.step_cache, predict=self.execution.predict)
-            for noise, progress in self.batches(request, seeds, schedule, cond.states.dtype, emit, show_progress)
-        ])
-        videos = self.decode(latents, emit, show_progress) if decode else None
+
+        def loop(dit, noise: torch.Tensor, schedule, cond: TextConditioning, **options) -> torch.Tensor:
+            start = i2v_start(noise, img_latents, stability=request.i2v_stability)
+            return denoise_i2v(dit, start, schedule, cond, img_latents, **options)
+
+        return loop
+
+    def decode(self, latents: torch.Tensor, emit: ProgressCallback | None = None,
+               show_progress: bool = True) -> torch.Tensor | None:
+        """The text-to-video decode; the latent_concat model's first frames dropped."""
+        videos = super().decode(latents, emit, show_progress)
         if videos is not None and self.condition_type == "latent_concat":
             videos = videos[:, :, LATENT_CONCAT_DROPPED_FRAMES:]  # as the first release's code does
-        return GenerationResult(videos, latents.cpu(), seeds, request, self.run_metadata())
+        return videos

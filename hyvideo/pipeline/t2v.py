@@ -7,6 +7,7 @@ sequence and CFG parallelism) is its :class:`~hyvideo.pipeline.execution.Executi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -30,6 +31,12 @@ from hyvideo.pipeline.variants import SamplingDefaults
 from hyvideo.text.conditioning import TextConditioning
 
 ProgressCallback = Callable[[Progress], None]
+SamplingLoop = Callable[..., torch.Tensor]  # denoise()'s signature: (dit, noise, schedule, cond, **options)
+
+
+def video_seeds(request: GenerationRequest) -> list[int]:
+    """The seed of each video of ``request``: ``seed + i``."""
+    return [request.seed + i for i in range(request.num_videos)]
 
 
 def draw_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device,
@@ -91,19 +98,35 @@ class HunyuanVideoPipeline:
 
     def encode_text(self, prompts: list[str], num_frames: int) -> TextConditioning:
         """Text conditioning on this pipeline's device, computed by the main process."""
-        cond = None
-        if self.is_main:
-            with self.execution.stage("text_encoders"):
-                cond = self.text_encoders.encode(prompts, num_frames=num_frames).to(self.device)
-        return self.execution.share_text(cond, self.device)
+        return self._encode_shared([lambda: self.text_encoders.encode(prompts, num_frames=num_frames)])[0]
 
     def encode_prompt(self, request: GenerationRequest) -> tuple[TextConditioning, TextConditioning | None]:
-        """(positive, negative) conditioning; the negative only with real CFG (cfg_scale > 1)."""
-        cond = self.encode_text([request.prompt], request.video_length)
-        if request.cfg_scale <= 1.0:  # like the official predict(): no negative branch
-            return cond, None
-        negative_text = request.negative_prompt or NEGATIVE_PROMPT
-        return cond, self.encode_text([negative_text], request.video_length)
+        """(positive, negative) conditioning; the negative only with real CFG (cfg_scale > 1).
+        Both are encoded in one text-encoder stage (offloading moves the encoders once)."""
+        with_negative = request.cfg_scale > 1.0  # like the official predict(): else no negative branch
+        encoders = [self._encode_positive, self._encode_negative][:1 + with_negative]
+        conds = self._encode_shared([functools.partial(encode, request) for encode in encoders])
+        return conds[0], conds[1] if with_negative else None
+
+    def encode_negative(self, request: GenerationRequest) -> TextConditioning:
+        """The negative conditioning alone (``request.negative_prompt`` or the official one)."""
+        return self._encode_shared([functools.partial(self._encode_negative, request)])[0]
+
+    def _encode_positive(self, request: GenerationRequest) -> TextConditioning:
+        return self.text_encoders.encode([request.prompt], num_frames=request.video_length)
+
+    def _encode_negative(self, request: GenerationRequest) -> TextConditioning:
+        return self.text_encoders.encode([request.negative_prompt or NEGATIVE_PROMPT],
+                                         num_frames=request.video_length)
+
+    def _encode_shared(self, encoders: list[Callable[[], TextConditioning]]) -> list[TextConditioning]:
+        """Each encoder's conditioning on this pipeline's device: computed by the main process
+        inside one text-encoder stage, then shared with the other processes in the same order."""
+        conds: list[TextConditioning | None] = [None] * len(encoders)
+        if self.is_main:
+            with self.execution.stage("text_encoders"):
+                conds = [encode().to(self.device) for encode in encoders]
+        return [self.execution.share_text(cond, self.device) for cond in conds]
 
     @torch.inference_mode()
     def __call__(self, request: GenerationRequest, *, callback: ProgressCallback | None = None,
@@ -113,17 +136,34 @@ class HunyuanVideoPipeline:
         emit = callback or (lambda event: None)
         emit(Progress("text", 0, 1))
         cond, negative = self.encode_prompt(request)
+        loop = self.sampling_loop(request)
         emit(Progress("text", 1, 1))
-        seeds = [request.seed + i for i in range(request.num_videos)]
+        latents = self.denoise_latents(request, cond, negative, emit, show_progress, loop=loop)
+        videos = self.decode(latents, emit, show_progress) if decode else None
+        return GenerationResult(videos, latents.cpu(), video_seeds(request), request, self.run_metadata())
+
+    def sampling_loop(self, request: GenerationRequest) -> SamplingLoop:
+        """The denoising loop for ``request``: :func:`~hyvideo.pipeline.denoise.denoise` (the
+        image-to-video pipeline's holds its image latent, encoded here)."""
+        return denoise
+
+    @torch.inference_mode()
+    def denoise_latents(self, request: GenerationRequest, cond: TextConditioning,
+                        negative: TextConditioning | None, emit: ProgressCallback | None = None,
+                        show_progress: bool = True, *, loop: SamplingLoop | None = None) -> torch.Tensor:
+        """Final latents [num_videos, C, T', H', W'] float32 of ``request`` from its conditioning,
+        one DiT batch at a time; ``emit`` gets a ``denoise`` event per step; ``loop``: this
+        request's :meth:`sampling_loop` if already made."""
+        emit = emit or (lambda event: None)
+        loop = loop or self.sampling_loop(request)
         schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
-        latents = torch.cat([
-            denoise(self.dit, noise, schedule, cond, negative=negative, cfg_scale=request.cfg_scale,
-                    embedded_cfg_scale=request.embedded_cfg_scale, callback=progress,
-                    step_cache=self.step_cache, predict=self.execution.predict)
+        seeds = video_seeds(request)
+        return torch.cat([
+            loop(self.dit, noise, schedule, cond, negative=negative, cfg_scale=request.cfg_scale,
+                 embedded_cfg_scale=request.embedded_cfg_scale, callback=progress,
+                 step_cache=self.step_cache, predict=self.execution.predict)
             for noise, progress in self.batches(request, seeds, schedule, cond.states.dtype, emit, show_progress)
         ])
-        videos = self.decode(latents, emit, show_progress) if decode else None
-        return GenerationResult(videos, latents.cpu(), seeds, request, self.run_metadata())
 
     def batches(self, request: GenerationRequest, seeds: list[int], schedule: FlowMatchSchedule,
                 dtype: torch.dtype, emit: ProgressCallback, show_progress: bool):
