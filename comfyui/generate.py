@@ -11,10 +11,11 @@ ComfyUI conventions kept here:
 * Progress goes through ``comfy.utils.ProgressBar`` once per denoising step; a pressed Cancel is
   checked before every step, so a run stops at the next step, and its memory is released.
 
-Image-to-video runs the I2V story of :mod:`hyvideo.pipeline.i2v` step by step (so ComfyUI's
-progress and interrupt reach every step): the text node encodes the prompt *with* the image (the
-LLaVA encoder sees the picture), so the image travels with the text conditioning to the sampler,
-which encodes the image latent and holds it in frame 0.
+The sampler and the decoder run the pipelines' own pieces (``sampling_loop``, ``denoise_latents``,
+``decode``) with ComfyUI's progress and interrupt at every step. Image to video: the text node
+encodes the prompt *with* the image (the LLaVA encoder sees the picture), so the image travels
+with the text conditioning to the sampler, whose I2V loop encodes the image latent and holds it
+in frame 0.
 """
 
 from __future__ import annotations
@@ -185,20 +186,6 @@ def _request(pipe, text: TextInput, s: SamplerSettings):
         raise NodeError(str(exc)) from None
 
 
-def _denoise_t2v(pipe, text: TextInput, request, on_step) -> torch.Tensor:
-    from hyvideo.pipeline.denoise import denoise
-    from hyvideo.pipeline.scheduler import FlowMatchSchedule
-
-    cond, negative = _conditioning(pipe, text, request)
-    check_interrupted()
-    noise = pipe.noise(request, [request.seed], cond.states.dtype)
-    schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
-    with pipe.execution.stage("dit"):
-        return denoise(pipe.dit, noise, schedule, cond, negative=negative, cfg_scale=request.cfg_scale,
-                       embedded_cfg_scale=request.embedded_cfg_scale, callback=on_step,
-                       step_cache=pipe.step_cache, predict=pipe.execution.predict)
-
-
 def _i2v_conditioning(pipe, text: TextInput, request):
     """(positive, negative) on the pipeline's device; without a negative prompt from the text
     node, real CFG encodes the official one (with a black image) here, through the pipeline."""
@@ -207,26 +194,18 @@ def _i2v_conditioning(pipe, text: TextInput, request):
         return cond, None
     if text.negative is not None:
         return cond, text.negative.to(pipe.device)
-    return cond, pipe.encode_prompt(request)[1]  # (re-encodes the positive too: CFG is opt-in)
+    return cond, pipe.encode_negative(request)
 
 
-def _denoise_i2v(pipe, text: TextInput, request, on_step) -> torch.Tensor:
-    """The steps of HunyuanVideoI2VPipeline.__call__ (same seed, same latents), reporting to
-    ComfyUI at every step."""
-    from hyvideo.pipeline.i2v_denoise import denoise_i2v, i2v_start
-    from hyvideo.pipeline.scheduler import FlowMatchSchedule
-
-    cond, negative = _i2v_conditioning(pipe, text, request)
+def _denoise(pipe, text: TextInput, request, on_event) -> torch.Tensor:
+    """The pipeline's own steps of ``__call__`` (same seed, same latents), reporting to ComfyUI
+    at every step; image to video encodes the image latent before the loop."""
+    conditioning = _i2v_conditioning if text.image is not None else _conditioning
+    cond, negative = conditioning(pipe, text, request)
     check_interrupted()
-    img_latents = pipe.image_latents(request)  # [1, C, 1, h, w]: the VAE's mode x scaling factor
+    loop = pipe.sampling_loop(request)  # I2V: [1, C, 1, h, w] the VAE's mode x scaling factor, held in
     check_interrupted()
-    noise = pipe.noise(request, [request.seed], cond.states.dtype)
-    schedule = FlowMatchSchedule.create(request.infer_steps, request.flow_shift, request.flow_reverse)
-    with pipe.execution.stage("dit"):
-        return denoise_i2v(pipe.dit, i2v_start(noise, img_latents, stability=request.i2v_stability),
-                           schedule, cond, img_latents, negative=negative, cfg_scale=request.cfg_scale,
-                           embedded_cfg_scale=request.embedded_cfg_scale, callback=on_step,
-                           step_cache=pipe.step_cache, predict=pipe.execution.predict)
+    return pipe.denoise_latents(request, cond, negative, on_event, show_progress=False, loop=loop)
 
 
 def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
@@ -250,15 +229,14 @@ def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
     pipe.step_cache = make_cache(cache)
     bar = progress_bar(s.steps)
 
-    def on_step(info) -> None:
+    def on_event(event) -> None:  # the pipeline's "denoise" event after each step
         if bar is not None:
-            bar.update_absolute(info.step + 1, info.steps)
+            bar.update_absolute(event.step, event.steps)
         check_interrupted()  # Cancel pressed during this step: stop before the next one
 
-    run = _denoise_i2v if text.image is not None else _denoise_t2v
     try:
         with torch.inference_mode():
-            latents = run(pipe, text, request, on_step)
+            latents = _denoise(pipe, text, request, on_event)
     except BaseException:
         release_memory()  # an interrupted or failed run leaves nothing on the device
         raise
@@ -266,8 +244,8 @@ def sample(spec: ModelSpec, text: TextInput, s: SamplerSettings) -> dict:
 
 
 def decode(spec: ModelSpec, latent: dict, tiling: bool) -> torch.Tensor:
-    """LATENT -> IMAGE frames [N * T, H, W, 3] in [0, 1] (the latent_concat I2V model's first
-    4 decoded frames dropped, as its pipeline does)."""
+    """LATENT -> IMAGE frames [N * T, H, W, 3] in [0, 1] through the pipeline's decode (which
+    drops the latent_concat I2V model's first 4 decoded frames)."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor) or samples.ndim != 5 or samples.shape[1] != LATENT_CHANNELS:
         shape = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
@@ -286,9 +264,5 @@ def decode(spec: ModelSpec, latent: dict, tiling: bool) -> torch.Tensor:
     except BaseException:
         release_memory()
         raise
-    if getattr(pipe, "condition_type", None) == "latent_concat":
-        from hyvideo.pipeline.i2v import LATENT_CONCAT_DROPPED_FRAMES
-
-        videos = videos[:, :, LATENT_CONCAT_DROPPED_FRAMES:]  # as the first I2V release's code does
     n, c, t, h, w = videos.shape  # [N, 3, T, H, W]
     return videos.permute(0, 2, 3, 4, 1).reshape(n * t, h, w, c).contiguous()
