@@ -252,10 +252,7 @@ def prepare_i2v_image(image: Image.Image, resolution: str, *, path: Path | None 
     """Bucket and VAE input of an opened image (e.g. an upload a web form decoded): checked and
     converted like a file (an orientation tag already applied was removed, so never twice)."""
     check_image(image, path or "upload")
-    image = _to_rgb(image)
-    height, width = bucket_for(image.height, image.width, resolution)
-    pixels = vae_pixels(resize_center_crop(image, (height, width)))
-    return I2VImage(image, height, width, pixels, sha256, path)
+    return _bucketed(_to_rgb(image), resolution, path, sha256)
 
 
 def load_i2v_image(path: str | Path, resolution: str = "720p") -> I2VImage:
@@ -263,5 +260,11 @@ def load_i2v_image(path: str | Path, resolution: str = "720p") -> I2VImage:
     input. The resolution is checked first, so a bad value costs no image decoding."""
     i2v_buckets(resolution)
     path = Path(path)
-    image = read_image(path)
-    return prepare_i2v_image(image, resolution, path=path, sha256=_sha256(path))
+    return _bucketed(read_image(path), resolution, path, _sha256(path))
+
+
+def _bucketed(rgb: Image.Image, resolution: str, path: Path | None, sha256: str | None) -> I2VImage:
+    """The I2V input of a checked RGB image: its bucket at ``resolution`` and the VAE input."""
+    height, width = bucket_for(rgb.height, rgb.width, resolution)
+    pixels = vae_pixels(resize_center_crop(rgb, (height, width)))
+    return I2VImage(rgb, height, width, pixels, sha256, path)
