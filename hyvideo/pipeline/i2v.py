@@ -39,9 +39,9 @@ class HunyuanVideoI2VPipeline(HunyuanVideoPipeline):
         """A checked request for ``image`` (an :class:`~hyvideo.pipeline.image_input.I2VImage`,
         whose bucket is the size) with this model's sampling defaults."""
         stability = fields.pop("i2v_stability", False)
-        size = dict(height=image.height, width=image.width) if image is not None else {}
+        size = {"height": image.height, "width": image.width} if image is not None else {}
         base = request_from_defaults(self.defaults, prompt=prompt, **{**fields, **size})
-        request = I2VRequest(**base.settings(), image=image, i2v_stability=stability)
+        request = I2VRequest.for_image(base, image, i2v_stability=stability)
         self.geometry.check_request(request)
         return request
 

@@ -215,6 +215,15 @@ class I2VRequest(GenerationRequest):
             raise UsageError("the prompt contains the text <image>, which the image-to-video encoder "
                              "reserves for the picture; reword it", "prompt")
 
+    @classmethod
+    def for_image(cls, request: GenerationRequest, image: Any, i2v_stability: bool = False) -> I2VRequest:
+        """``request``'s settings for ``image`` (an :class:`~hyvideo.pipeline.image_input.I2VImage`),
+        whose bucket is the size."""
+        fields = {k: getattr(request, k) for k in GenerationRequest.__dataclass_fields__}
+        if image is not None:  # (None: refused by the checks, with the message for a missing image)
+            fields.update(height=image.height, width=image.width)
+        return cls(**fields, image=image, i2v_stability=i2v_stability)
+
     def settings(self) -> dict:
         """JSON-ready record: the image as its file and hash, not its pixels."""
         record = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "image"}
