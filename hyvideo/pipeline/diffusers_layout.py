@@ -36,11 +36,10 @@ log = logging.getLogger(__name__)
 def read_diffusers_transformer(folder: str | Path) -> tuple[DiTConfig, dict[str, torch.Tensor]]:
     """``transformer/`` -> (our DiTConfig, the state dict under official key names)."""
     folder = Path(folder)
+    data = read_json(folder / "config.json")
     try:
-        config = dit_config_from_diffusers(read_json(folder / "config.json"))
+        config = dit_config_from_diffusers(data)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
         raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
     state: dict[str, torch.Tensor] = {}
     for file in shard_files(folder):
@@ -131,10 +130,7 @@ def load_diffusers_components(opts: LoadOptions, expected: DiTConfig | None,
     log.info("loading the DiT from %s (diffusers layout)", paths.transformer)
     if paths.transformer.is_dir():
         if expected is not None:
-            _check_task(paths.transformer, expected, opts.model)
-        if expected is not None and _differs(paths.transformer, expected):
-            log.warning("%s/config.json differs from the %s variant; using the folder's", paths.transformer,
-                        opts.model)
+            _check_folder_config(paths.transformer, expected, opts.model)
         dit = load_diffusers_transformer(paths.transformer, dtype=dtype, device=device,
                                          attention_backend=opts.attention)
     else:
@@ -151,22 +147,19 @@ def load_diffusers_components(opts: LoadOptions, expected: DiTConfig | None,
     return dit, vae, text
 
 
-def _check_task(folder: Path, expected: DiTConfig, model: str) -> None:
+def _check_folder_config(folder: Path, expected: DiTConfig, model: str) -> None:
     """A text-to-video transformer given to an image-to-video model, or the reverse (or another
-    conditioning type), is a CheckpointError: the weights would load and make a wrong video."""
+    conditioning type), is a CheckpointError: the weights would load and make a wrong video.
+    Any other difference from the variant (or an unreadable config.json) is a warning; the
+    folder's config is used (and the load reports an unreadable one)."""
     try:
-        found = dit_config_from_diffusers(read_json(folder / "config.json")).i2v_condition_type
+        found = dit_config_from_diffusers(read_json(folder / "config.json"))
     except ValueError:
-        return  # the load reports it
-    if found != expected.i2v_condition_type:
+        found = None
+    if found is not None and found.i2v_condition_type != expected.i2v_condition_type:
         def what(kind):
             return f"an image-to-video ({kind}) model" if kind else "a text-to-video model"
-        raise CheckpointError(f"{folder}/config.json describes {what(found)}, but --model {model} is "
-                              f"{what(expected.i2v_condition_type)}; give the matching --model or folder")
-
-
-def _differs(folder: Path, expected: DiTConfig) -> bool:
-    try:
-        return dit_config_from_diffusers(read_json(folder / "config.json")) != expected
-    except ValueError:
-        return True  # the load reports it
+        raise CheckpointError(f"{folder}/config.json describes {what(found.i2v_condition_type)}, but --model "
+                              f"{model} is {what(expected.i2v_condition_type)}; give the matching --model or folder")
+    if found != expected:
+        log.warning("%s/config.json differs from the %s variant; using the folder's", folder, model)
